@@ -1,0 +1,1 @@
+"""remotejob: run jobs on remote machines, coordinated only through object storage and queues."""

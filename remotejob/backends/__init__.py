@@ -1,0 +1,1 @@
+"""Backends: pairs of an ObjectStore and a MessageQueue (see ``base``)."""

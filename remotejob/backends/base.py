@@ -1,0 +1,248 @@
+"""The two seams every backend implements, and the small data types they exchange.
+
+Shaped after S3 and SQS so the AWS backend stays thin and the embedded one honest. No logic
+lives here beyond :class:`StoredObject`'s stream handling.
+
+Keys passed to an :class:`ObjectStore` are relative to the store's root (an AWS store adds its
+bucket prefix); the caller has already checked them with :func:`remotejob.limits.validate_key`,
+and the store checks them again, so no backend can be handed a key AWS would refuse.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import IO, BinaryIO, Protocol, Union, runtime_checkable
+
+Body = Union[bytes, IO[bytes]]
+"""What an ObjectStore accepts: bytes, or a binary file object read in chunks until EOF."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows of one object without reading its body."""
+
+    key: str
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/octet-stream"
+    etag: str = ""
+    modified: float = 0.0
+    """Last-modified time, seconds since the epoch."""
+
+
+class StoredObject:
+    """An object read from a store: its info and its body as a stream.
+
+    Read the body once, with :meth:`read` (all of it) or :meth:`open` (a binary file object to
+    stream from); use it as a context manager, or call :meth:`close`, to release the stream.
+    """
+
+    def __init__(self, info: ObjectInfo, stream: BinaryIO) -> None:
+        self.info = info
+        self._stream = stream
+
+    @property
+    def key(self) -> str:
+        """The object's key, as the caller named it."""
+        return self.info.key
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """User metadata, exactly as stored."""
+        return self.info.metadata
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type the object was stored with."""
+        return self.info.content_type
+
+    @property
+    def size(self) -> int:
+        """Body size in bytes."""
+        return self.info.size
+
+    def open(self) -> BinaryIO:
+        """Return the body as a binary file object, streamed from the store."""
+        return self._stream
+
+    def read(self) -> bytes:
+        """Read and return the whole body, then close the stream."""
+        try:
+            return self._stream.read()
+        finally:
+            self.close()
+
+    def save(self, path: str) -> None:
+        """Stream the body into the file at ``path`` (which is overwritten), then close."""
+        try:
+            with open(path, "wb") as out:
+                shutil.copyfileobj(self._stream, out, 1024 * 1024)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the body stream."""
+        self._stream.close()
+
+    def __enter__(self) -> StoredObject:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StoredObject(key={self.key!r}, size={self.size}, content_type={self.content_type!r})"
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Where job inputs, outputs and status records live (S3, or a local folder)."""
+
+    location: str
+    """A human-readable location for messages, e.g. ``s3://bucket/prefix`` (never a secret)."""
+
+    def ensure(self) -> None:
+        """Create the bucket or folder if it is missing; existing ones are fine."""
+
+    def put(
+        self,
+        key: str,
+        body: Body,
+        metadata: Mapping[str, str] | None = None,
+        content_type: str = "application/octet-stream",
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        """Store ``body`` under ``key`` atomically: readers see the old object or the new one.
+
+        With ``if_absent=True`` the write is create-once (S3 ``If-None-Match: *``); ``body`` must
+        then be bytes.
+
+        Raises:
+            AlreadyExists: ``if_absent`` and the key exists.
+            InvalidKey, MetadataError: the key or metadata would be refused by S3.
+        """
+
+    def get(self, key: str) -> StoredObject:
+        """Open the object for streaming.
+
+        Raises:
+            NotFound: no such key.
+        """
+
+    def head(self, key: str) -> ObjectInfo:
+        """Return the object's info without its body.
+
+        Raises:
+            NotFound: no such key.
+        """
+
+    def delete(self, key: str) -> None:
+        """Delete the object; deleting a missing key is not an error."""
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with ``prefix``, in byte order of the whole key.
+
+        Listed infos carry key, size, etag and modified time; metadata may be empty.
+        """
+
+
+@dataclass(frozen=True)
+class QueueAttributes:
+    """How a queue behaves; applied when the queue is created."""
+
+    visibility_s: int = 30
+    """Default visibility timeout for received messages."""
+    wait_s: int = 20
+    """Default long-poll wait (ReceiveMessageWaitTimeSeconds)."""
+    retention_s: int = 4 * 24 * 3600
+    """How long an unreceived message is kept."""
+    dead_letter: str | None = None
+    """Name of the queue that messages move to after ``max_receive_count`` receives."""
+    max_receive_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery of a message: a fresh receipt every time it is received."""
+
+    body: str
+    message_id: str
+    receipt: str
+    receive_count: int
+    sent_at: float
+    """When the message was first sent, seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One entry of a :meth:`MessageQueue.send_batch`."""
+
+    body: str
+    delay_s: int = 0
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Approximate message counts of a queue, as SQS reports them."""
+
+    waiting: int
+    in_flight: int
+    delayed: int
+
+
+@runtime_checkable
+class MessageQueue(Protocol):
+    """Named queues with SQS semantics: at-least-once delivery, visibility timeouts, receipts."""
+
+    location: str
+    """A human-readable location for messages, e.g. ``sqs://us-east-1`` (never a secret)."""
+
+    def ensure(self, names: Sequence[str], attributes: QueueAttributes) -> None:
+        """Create the named queues if missing (existing queues are fine)."""
+
+    def send(self, queue: str, body: str, delay_s: int = 0) -> str:
+        """Send one message and return its message id.
+
+        Raises:
+            NotFound: no such queue.
+            PayloadTooLarge: the body exceeds the queue's maximum size.
+        """
+
+    def send_batch(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Send 1-10 messages in one request and return their message ids, in order."""
+
+    def receive(
+        self,
+        queue: str,
+        max_messages: int = 1,
+        wait_s: float = 0,
+        visibility_s: int | None = None,
+    ) -> list[Message]:
+        """Receive up to ``max_messages`` (1-10), long-polling up to ``wait_s`` (0-20) seconds.
+
+        Received messages stay in the queue, invisible for ``visibility_s`` (default: the
+        queue's), until deleted.
+        """
+
+    def delete(self, queue: str, receipt: str) -> None:
+        """Delete the delivery named by ``receipt``; a stale receipt of a gone message is a no-op."""
+
+    def delete_batch(self, queue: str, receipts: Sequence[str]) -> None:
+        """Delete 1-10 deliveries in one request."""
+
+    def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
+        """Make the delivery visible again after ``seconds`` (0 = now) from this moment."""
+
+    def depth(self, queue: str) -> QueueDepth:
+        """Return the queue's approximate message counts."""
+
+    def purge(self, queue: str) -> None:
+        """Delete every message in the queue."""

@@ -1,0 +1,85 @@
+"""The exceptions remotejob raises.
+
+Every error derives from :class:`RemoteJobError`; where a built-in base says what kind of
+mistake it is, the error derives from that too, so ``except LookupError`` or ``except ValueError``
+keep working::
+
+    RemoteJobError
+    ├── ConfigError                       bad connect() arguments or environment
+    ├── UnknownStatus                     a status that is not configured (also ValueError)
+    ├── InvalidKey                        a key S3 or the embedded store cannot hold (also ValueError)
+    ├── MetadataError                     metadata that is not text or too large (also ValueError)
+    ├── PayloadTooLarge                   a message or batch over the queue's limit (also ValueError)
+    ├── InvalidReceipt                    a receipt handle that was never issued (also ValueError)
+    ├── NotFound                          an object or job that does not exist (also LookupError)
+    ├── AlreadyExists                     a create-once write lost to an earlier one
+    ├── EnvelopeError                     a queue message that is not a remotejob job
+    ├── JobFailed                         wait() on a job that ended in failure
+    ├── WaitTimeout                       wait() or next() ran out of time (also TimeoutError)
+    └── BackendUnavailable                the store or queue cannot be reached or refuses us
+
+Backends translate their own exceptions (botocore, sqlite3, OSError) into these in one place each,
+chaining the cause with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class RemoteJobError(Exception):
+    """Root of every error remotejob raises."""
+
+
+class ConfigError(RemoteJobError):
+    """Raised by connect() for an invalid name, URL or option; fix the configuration, do not retry."""
+
+
+class UnknownStatus(RemoteJobError, ValueError):
+    """Raised by trigger()/next() for a status the queue was not configured with; not retryable."""
+
+
+class InvalidKey(RemoteJobError, ValueError):
+    """Raised for an empty, absolute, over-long or ``..`` key, or one with NUL; not retryable."""
+
+
+class MetadataError(RemoteJobError, ValueError):
+    """Raised for metadata that is not a string or exceeds S3's 2 KB limit; names the field."""
+
+
+class PayloadTooLarge(RemoteJobError, ValueError):
+    """Raised when a message body or batch exceeds the queue's limit; not retryable as is."""
+
+
+class InvalidReceipt(RemoteJobError, ValueError):
+    """Raised for a receipt handle the queue never issued; not retryable."""
+
+
+class NotFound(RemoteJobError, LookupError):
+    """Raised when an object, queue or job id does not exist; retry only after creating it."""
+
+
+class AlreadyExists(RemoteJobError):
+    """Raised by a create-once write (``if_absent=True``) when the key exists; never retry blindly."""
+
+
+class EnvelopeError(RemoteJobError):
+    """Raised when a queue message is not a valid remotejob envelope; the message is dead-lettered."""
+
+
+class BackendUnavailable(RemoteJobError):
+    """Raised when the store or queue endpoint cannot be reached or rejects our credentials.
+
+    The message names the endpoint and what to check. Retrying is safe once the cause is fixed.
+    """
+
+
+class JobFailed(RemoteJobError):
+    """Raised by wait() when the job ended failed; ``.error`` holds the recorded error text."""
+
+    def __init__(self, job_id: str, error: str) -> None:
+        super().__init__(f"job {job_id!r} failed: {error}")
+        self.job_id = job_id
+        self.error = error
+
+
+class WaitTimeout(RemoteJobError, TimeoutError):
+    """Raised by wait() when the job did not finish in time; safe to wait again."""

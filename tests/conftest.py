@@ -1,0 +1,141 @@
+"""Fixtures shared by every suite: real servers once per session, and the ``backend`` fixture.
+
+``backend`` is parametrised over the three settings the project supports; only the servers the
+selected setting needs are started, so one missing server never hides the others:
+
+- ``embedded``: a local folder and SQLite, in the test's own temporary directory;
+- ``aws``: S3 and SQS on a moto server;
+- ``aws-real-s3``: S3 on SeaweedFS (with an identity, so anonymous access is refused), SQS on moto.
+
+Tests isolate by unique names (bucket prefixes, queue names), never by flushing shared state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import servers
+
+BACKENDS = ("embedded", "aws", "aws-real-s3")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[servers.Server]:
+    server = servers.start_moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_server() -> Iterator[servers.Server]:
+    server = servers.start_seaweedfs()
+    yield server
+    server.stop()
+
+
+def unique(prefix: str = "t") -> str:
+    """A short unique name, valid as an SQS queue name part and an S3 key segment."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class BackendSetup:
+    """One backend setting, ready for one test: builds stores, queues and connected Queues."""
+
+    kind: str
+    tmp: Path
+    s3_endpoint: str | None = None
+    sqs_endpoint: str | None = None
+    bucket: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment for connect() and for subprocesses (endpoints, credentials, REMOTEJOB_HOME)."""
+
+    def make_store(self) -> Any:
+        """A fresh, empty ObjectStore of this setting."""
+        if self.kind == "embedded":
+            from remotejob.backends.local import LocalStore
+
+            return LocalStore(self.tmp / unique("store-"))
+        from remotejob.backends.aws import S3Store
+
+        assert self.bucket is not None
+        return S3Store(self.bucket, unique("p-"), endpoint_url=self.s3_endpoint)
+
+    def make_queues(self) -> Any:
+        """A MessageQueue of this setting (callers use unique queue names)."""
+        if self.kind == "embedded":
+            from remotejob.backends.local import SqliteQueues
+
+            return SqliteQueues(self.tmp / "queues.db")
+        from remotejob.backends.aws import SqsQueues
+
+        return SqsQueues(endpoint_url=self.sqs_endpoint)
+
+    def store_url(self) -> str | None:
+        """The ``store=`` argument for connect(): a unique prefix in the session's bucket."""
+        if self.kind == "embedded":
+            return None
+        return f"s3://{self.bucket}/{unique('p-')}"
+
+    def queues_url(self) -> str | None:
+        """The ``queues=`` argument for connect()."""
+        return None if self.kind == "embedded" else "sqs://"
+
+    def connect(self, name: str | None = None, **options: Any) -> Any:
+        """remotejob.connect() on this setting with a unique job system name."""
+        import remotejob
+
+        options.setdefault("store", self.store_url())
+        options.setdefault("queues", self.queues_url())
+        return remotejob.connect(name or unique("q"), **options)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> BackendSetup:
+    kind: str = request.param
+    setup = BackendSetup(kind, tmp_path)
+    env = {
+        "REMOTEJOB_HOME": str(tmp_path / "home"),
+        "AWS_ACCESS_KEY_ID": servers.ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY,
+        "AWS_DEFAULT_REGION": servers.REGION,
+        "AWS_REGION": servers.REGION,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    if kind != "embedded":
+        moto = request.getfixturevalue("moto_server")
+        s3 = moto if kind == "aws" else request.getfixturevalue("seaweedfs_server")
+        setup.s3_endpoint = s3.endpoint
+        setup.sqs_endpoint = moto.endpoint
+        setup.bucket = _session_bucket(request, s3)
+        env["AWS_ENDPOINT_URL_S3"] = s3.endpoint
+        env["AWS_ENDPOINT_URL_SQS"] = moto.endpoint
+    for name in ("REMOTEJOB_STORE", "REMOTEJOB_QUEUES", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    setup.env = env
+    return setup
+
+
+_buckets: dict[str, str] = {}
+
+
+def _session_bucket(request: pytest.FixtureRequest, server: servers.Server) -> str:
+    """One bucket per server per session; tests isolate inside it by prefix."""
+    if server.endpoint not in _buckets:
+        name = unique("remotejob-test-")
+        client = servers._client("s3", server.endpoint)
+        client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+        _buckets[server.endpoint] = name
+    return _buckets[server.endpoint]
