@@ -94,7 +94,7 @@ class BackendSetup:
 
         options.setdefault("store", self.store_url())
         options.setdefault("queues", self.queues_url())
-        return remotejob.connect(name or unique("q"), **options)
+        return remotejob.connect(unique("q") if name is None else name, **options)
 
 
 @pytest.fixture(params=BACKENDS)

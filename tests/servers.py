@@ -6,6 +6,7 @@ patches boto3: the AWS backend talks HTTP to these servers exactly as it would t
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -128,6 +129,7 @@ def start_moto() -> Server:
             start_new_session=True,
         )
     server = Server("moto", f"http://127.0.0.1:{port}", proc, workdir, log)
+    atexit.register(server.stop)  # also when the session ends without fixture teardown
     sqs = _client("sqs", server.endpoint)
     _wait_ready(server, lambda: sqs.list_queues())  # type: ignore[attr-defined]
     return server
@@ -156,6 +158,7 @@ def start_seaweedfs() -> Server:
     log = workdir / "weed.log"
     argv = [
         _binary("weed"),
+        f"-logdir={workdir}",  # glog writes its files here, not into /tmp
         "server",
         f"-dir={data}",
         "-ip=127.0.0.1",
@@ -180,6 +183,7 @@ def start_seaweedfs() -> Server:
             start_new_session=True,
         )
     server = Server("seaweedfs", f"http://127.0.0.1:{s3}", proc, workdir, log)
+    atexit.register(server.stop)
     s3c = _client("s3", server.endpoint)
 
     def ready() -> None:

@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, BinaryIO, Protocol, Union, runtime_checkable
+from typing import IO, BinaryIO, Protocol, runtime_checkable
 
-Body = Union[bytes, IO[bytes]]
+Body = bytes | IO[bytes]
 """What an ObjectStore accepts: bytes, or a binary file object read in chunks until EOF."""
 
 

@@ -1,0 +1,176 @@
+"""Turning what callers pass as a ``body`` into something a store can stream.
+
+A body may be bytes, str (stored as UTF-8), a path (``os.PathLike``) or a binary file object.
+Files are streamed in chunks, never read whole; :class:`HashingReader` computes the SHA-256 and
+size of whatever passes through it, so hashing costs no second read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import mimetypes
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any, BinaryIO
+
+from .backends.base import Body
+from .errors import NotFound
+from .limits import validate_key, validate_metadata
+
+BodyLike = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+"""What the public API accepts as a body."""
+
+
+class HashingReader(io.RawIOBase):
+    """A read-only binary stream that hashes and counts what is read through it."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        super().__init__()
+        self._source = source
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        chunk = self._source.read(len(view))
+        if not chunk:
+            return 0
+        n = len(chunk)
+        view[:n] = chunk
+        self._sha256.update(chunk)
+        self.size += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read() if size is None or size < 0 else self._source.read(size)
+        if chunk:
+            self._sha256.update(chunk)
+            self.size += len(chunk)
+        return bytes(chunk or b"")
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything read so far, as hex."""
+        return self._sha256.hexdigest()
+
+
+def check_body(value: object, what: str = "body") -> None:
+    """Reject a body the store cannot take before anything is written.
+
+    Raises:
+        TypeError: not bytes, str, a path or a binary file object; or a text-mode file.
+        NotFound: a path that does not exist.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return
+    if isinstance(value, os.PathLike):
+        if not os.path.isfile(value):
+            raise NotFound(f"{what} path {os.fspath(value)!r} is not a readable file")
+        return
+    if isinstance(value, io.TextIOBase) or "b" not in getattr(value, "mode", "b"):
+        raise TypeError(f"{what} is a text-mode file: open it in binary mode ('rb')")
+    if not callable(getattr(value, "read", None)):
+        raise TypeError(
+            f"{what} must be bytes, str, a path (os.PathLike) or a binary file object, "
+            f"not {type(value).__name__}"
+        )
+
+
+@dataclass
+class Prepared:
+    """A body ready for ``ObjectStore.put``: bytes kept as bytes, files wrapped to hash."""
+
+    body: Body
+    reader: HashingReader | None = None
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 hex of the body; for a file, valid once the store has read it to the end."""
+        if self.reader is not None:
+            return self.reader.hexdigest()
+        return hashlib.sha256(self.body).hexdigest()  # type: ignore[arg-type]
+
+    @property
+    def size(self) -> int:
+        """Body size in bytes (for a file, once read)."""
+        return self.reader.size if self.reader is not None else len(self.body)  # type: ignore[arg-type]
+
+
+@contextmanager
+def open_body(value: BodyLike, what: str = "body") -> Iterator[Prepared]:
+    """Yield ``value`` prepared for a store (checked with :func:`check_body` first)."""
+    check_body(value, what)
+    if isinstance(value, str):
+        yield Prepared(value.encode("utf-8"))
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        yield Prepared(bytes(value))
+    elif isinstance(value, os.PathLike):
+        with open(value, "rb") as handle:
+            reader = HashingReader(handle)
+            yield Prepared(reader, reader)  # type: ignore[arg-type]
+    else:
+        reader = HashingReader(value)
+        yield Prepared(reader, reader)  # type: ignore[arg-type]
+
+
+def copy_to_file(stream: BinaryIO, path: str | os.PathLike[str]) -> int:
+    """Stream ``stream`` into ``path`` atomically (temp file in the same folder, then rename)."""
+    target = os.fspath(path)
+    tmp = f"{target}.{os.getpid()}.part"
+    size = 0
+    try:
+        with open(tmp, "wb") as out:
+            while chunk := stream.read(1024 * 1024):
+                out.write(chunk)
+                size += len(chunk)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return size
+
+
+@dataclass
+class Entry:
+    """A ``store()`` or asset mapping taken apart: key, body, metadata and content type."""
+
+    key: str | None
+    body: BodyLike
+    metadata: dict[str, str]
+    content_type: str
+
+
+RESERVED = ("key", "body", "content_type")
+
+
+def parse_entry(data: Mapping[str, Any], what: str = "data") -> Entry:
+    """Split a mapping like ``{"body": b"..", "filename": "cat.jpg", "name": "Cat"}``.
+
+    ``body`` is the content, ``key`` names it, ``content_type`` overrides the type guessed from
+    ``filename``; every other entry is metadata (``filename`` included) and must be a str.
+
+    Raises:
+        ValueError: not a mapping, or no ``body``.
+        TypeError: a body of the wrong type.
+        MetadataError: metadata that is not text or over S3's 2 KB.
+        InvalidKey: a ``key`` S3 would refuse.
+    """
+    if not isinstance(data, Mapping) or "body" not in data:
+        raise ValueError(f"{what} must be a mapping with a 'body' entry, got {data!r:.80}")
+    key = data.get("key")
+    if key is not None:
+        validate_key(key)
+    check_body(data["body"], what)
+    metadata = validate_metadata({k: v for k, v in data.items() if k not in RESERVED})
+    content_type = data.get("content_type")
+    if content_type is not None and not isinstance(content_type, str):
+        raise TypeError(f"{what}: content_type must be a str")
+    filename = metadata.get("filename")
+    guessed = mimetypes.guess_type(filename)[0] if filename else None
+    return Entry(key, data["body"], metadata, content_type or guessed or "application/octet-stream")

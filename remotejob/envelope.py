@@ -1,0 +1,119 @@
+"""The message envelope: versioned JSON, never pickle.
+
+``{"v": 1, "kind": "job", "job": id, "key": key, "meta": {...}, "status": s, "sent": t}``;
+a completion notice (``kind: "notice"``) adds ``"state"`` and, for a failed job, ``"error"``.
+Decoding is bounded and validates every field; anything else raises :class:`EnvelopeError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import EnvelopeError, InvalidKey, MetadataError
+from .limits import MAX_MESSAGE_BYTES, validate_key, validate_metadata
+
+VERSION = 1
+KINDS = ("job", "notice")
+_STATES = ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One queue message: which job, where its input is, and where it stands."""
+
+    job: str
+    key: str
+    status: str
+    sent: float
+    meta: dict[str, str] = field(default_factory=dict)
+    kind: str = "job"
+    state: str | None = None
+    error: str | None = None
+
+
+def encode(envelope: Envelope) -> str:
+    """Serialise an envelope to the compact JSON text sent on the queue."""
+    doc: dict[str, Any] = {
+        "v": VERSION,
+        "kind": envelope.kind,
+        "job": envelope.job,
+        "key": envelope.key,
+        "meta": envelope.meta,
+        "status": envelope.status,
+        "sent": envelope.sent,
+    }
+    if envelope.state is not None:
+        doc["state"] = envelope.state
+    if envelope.error is not None:
+        doc["error"] = envelope.error
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in doc:
+            raise EnvelopeError(f"duplicate field {name!r}")
+        doc[name] = value
+    return doc
+
+
+def _no_constants(name: str) -> Any:
+    raise EnvelopeError(f"non-finite number {name} is not allowed")
+
+
+def decode(body: str) -> Envelope:
+    """Parse and validate a message body.
+
+    Raises:
+        EnvelopeError: not JSON, too large, an unknown version, or a field of the wrong type.
+    """
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise EnvelopeError(f"message of {len(body)} characters is larger than any envelope")
+    try:
+        doc = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError(f"message is not a remotejob envelope: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise EnvelopeError("message is not a JSON object")
+    if doc.get("v") != VERSION:
+        raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}; expected {VERSION}")
+    kind = doc.get("kind", "job")
+    if kind not in KINDS:
+        raise EnvelopeError(f"unknown message kind {kind!r}")
+    sent = doc.get("sent")
+    if not isinstance(sent, (int, float)) or isinstance(sent, bool) or not math.isfinite(sent):
+        raise EnvelopeError("field 'sent' must be a number")
+    fields = {}
+    for name in ("job", "key", "status"):
+        value = doc.get(name)
+        if not isinstance(value, str) or not value:
+            raise EnvelopeError(f"field {name!r} must be a non-empty string")
+        fields[name] = value
+    meta = doc.get("meta", {})
+    if not isinstance(meta, dict):
+        raise EnvelopeError("field 'meta' must be an object")
+    state, error = doc.get("state"), doc.get("error")
+    if kind == "notice" and state not in _STATES:
+        raise EnvelopeError(f"notice state {state!r} must be one of {_STATES}")
+    if error is not None and not isinstance(error, str):
+        raise EnvelopeError("field 'error' must be a string")
+    try:
+        validate_key(fields["job"])
+        validate_key(fields["key"])
+        meta = validate_metadata(meta)
+    except (InvalidKey, MetadataError) as exc:
+        raise EnvelopeError(f"invalid envelope: {exc}") from exc
+    return Envelope(
+        job=fields["job"],
+        key=fields["key"],
+        status=fields["status"],
+        sent=float(sent),
+        meta=meta,
+        kind=kind,
+        state=state if kind == "notice" else None,
+        error=error,
+    )

@@ -1,0 +1,74 @@
+"""The only code that knows the key and queue-name layout.
+
+One job system keeps everything in one bucket/prefix (or folder)::
+
+    in/<job-id>                  the job's input body, its metadata travelling with the object
+    out/<job-id>/<asset>         the job's output assets
+    jobs/<job-id>/queued         the job's status records (see ``job.py``)
+    jobs/<job-id>/progress
+    jobs/<job-id>/final
+
+and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from .limits import validate_key
+
+DIRECTIONS = {"in": "in", "input": "in", "out": "out", "output": "out"}
+DEAD = "dead"
+RECORDS = ("queued", "progress", "final")
+
+
+def direction(name: str) -> str:
+    """Normalise a direction: ``in``/``input`` or ``out``/``output``.
+
+    Raises:
+        ValueError: any other direction.
+    """
+    try:
+        return DIRECTIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown direction {name!r}: use 'in' (job inputs) or 'out' (job outputs)"
+        ) from None
+
+
+def object_key(direction_name: str, key: str) -> str:
+    """The store key of ``key`` in a direction, e.g. ``in/cat.jpg``; validates both."""
+    return validate_key(f"{direction(direction_name)}/{validate_key(key)}")
+
+
+def input_key(job_id: str) -> str:
+    """Where a job's input body lives."""
+    return object_key("in", job_id)
+
+
+def output_key(job_id: str, asset: str) -> str:
+    """Where one output asset of a job lives."""
+    return validate_key(f"out/{validate_key(job_id)}/{validate_key(asset)}")
+
+
+def record_key(job_id: str, record: str) -> str:
+    """Where one of a job's status records lives (``queued``, ``progress`` or ``final``)."""
+    if record not in RECORDS:
+        raise ValueError(f"unknown status record {record!r}")
+    return validate_key(f"jobs/{validate_key(job_id)}/{record}")
+
+
+def queue_name(name: str, status: str) -> str:
+    """The message queue that holds a status's jobs."""
+    return f"{name}-{status}"
+
+
+def dead_letter_name(name: str) -> str:
+    """The dead-letter queue of a job system."""
+    return queue_name(name, DEAD)
+
+
+def new_key() -> str:
+    """A fresh job id: 12 hex digits of milliseconds (so ids sort by time) and 64 random bits."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"

@@ -1,0 +1,329 @@
+"""Queue: one named job system, its object store and its status queues.
+
+The requester's side (``store``, ``retrieve``, ``remove``, ``trigger``, ``submit``, ``status``,
+``wait``) and the worker's way in (``next``). Speaks only to the two backend protocols.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import config, keys
+from .backends.base import MessageQueue, ObjectStore, QueueAttributes, StoredObject
+from .bodies import Entry, open_body, parse_entry
+from .envelope import Envelope, decode, encode
+from .errors import ConfigError, EnvelopeError, JobFailed, NotFound, UnknownStatus, WaitTimeout
+from .job import WORKER_ID, Job, JobStatus, decode_status, encode_record
+from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_key, validate_queue_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATUSES = ("pending", "inprogress", "completed")
+
+
+class Queue:
+    """A job system: inputs and outputs in an object store, one message queue per status.
+
+    Build one with :func:`remotejob.connect`. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        object_store: ObjectStore,
+        message_queue: MessageQueue,
+        statuses: Sequence[str] = DEFAULT_STATUSES,
+        visibility_timeout: int = 30,
+        wait_time: int = 20,
+    ) -> None:
+        self.name = validate_queue_name(name)
+        if isinstance(statuses, str) or not statuses:
+            raise ConfigError("statuses must be a non-empty sequence of names, e.g. ('pending',)")
+        self.statuses = tuple(statuses)
+        for status in self.statuses:
+            if status == keys.DEAD:
+                raise ConfigError(f"'{keys.DEAD}' is the dead-letter queue; name the status otherwise")
+            validate_queue_name(keys.queue_name(name, status))
+        validate_queue_name(keys.dead_letter_name(name))
+        if not 0 <= wait_time <= MAX_WAIT_S:
+            raise ConfigError(f"wait_time must be 0-{MAX_WAIT_S} seconds, got {wait_time}")
+        if not 0 <= visibility_timeout <= MAX_VISIBILITY_S:
+            raise ConfigError(
+                f"visibility_timeout must be 0-{MAX_VISIBILITY_S} seconds, got {visibility_timeout}"
+            )
+        self.visibility_timeout = visibility_timeout
+        self.wait_time = wait_time
+        self.object_store = object_store
+        self.message_queue = message_queue
+        self._ensured = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"Queue({self.name!r}, store={self.object_store.location!r}, "
+            f"queues={self.message_queue.location!r})"
+        )
+
+    # -- setup -----------------------------------------------------------------------------
+
+    def init(self) -> dict[str, Any]:
+        """Create the bucket/folder and every status and dead-letter queue now.
+
+        Other calls create what they need on first use; call this to set up ahead of time.
+        Returns what exists: ``{"store": location, "queues": [names]}``.
+        """
+        self.object_store.ensure()
+        self._ensure_queues()
+        return {"store": self.object_store.location, "queues": self._queue_names()}
+
+    def _queue_names(self) -> list[str]:
+        return [keys.queue_name(self.name, s) for s in self.statuses] + [
+            keys.dead_letter_name(self.name)
+        ]
+
+    def _ensure_queues(self) -> None:
+        if self._ensured:
+            return
+        with self._lock:
+            if not self._ensured:
+                attributes = QueueAttributes(
+                    visibility_s=self.visibility_timeout, wait_s=self.wait_time
+                )
+                self.message_queue.ensure(self._queue_names(), attributes)
+                self._ensured = True
+
+    def _status_queue(self, status: str) -> str:
+        if status not in self.statuses:
+            raise UnknownStatus(
+                f"status {status!r} is not configured for {self.name!r}; configured: "
+                f"{', '.join(self.statuses)} (pass statuses=... to connect())"
+            )
+        self._ensure_queues()
+        return keys.queue_name(self.name, status)
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def store(self, direction: str, data: Mapping[str, Any]) -> str:
+        """Store a body and its metadata in ``in`` or ``out``; return its key.
+
+        ``data`` is ``{"body": ..., "key": ..., "filename": ..., <metadata>...}``: ``body`` is
+        bytes, str (UTF-8), a path or a binary file object (streamed); ``key`` is generated
+        when absent; ``filename`` sets the content type; other entries are string metadata.
+
+        Raises:
+            ValueError: unknown direction or no body. InvalidKey, MetadataError: rejected input
+                (nothing is written).
+        """
+        return self._store_entry(keys.direction(direction), parse_entry(data))
+
+    def _store_entry(self, direction: str, entry: Entry) -> str:
+        key = entry.key or keys.new_key()
+        full_key = keys.object_key(direction, key)
+        with open_body(entry.body) as prepared:
+            self.object_store.put(full_key, prepared.body, entry.metadata, entry.content_type)
+        return key
+
+    def retrieve(self, direction: str, key: str) -> StoredObject:
+        """Open a stored object for streaming: ``.read()``, ``.open()``, ``.metadata``.
+
+        Raises:
+            NotFound: no such key. ValueError: unknown direction. InvalidKey: a malformed key.
+        """
+        return self.object_store.get(keys.object_key(direction, key))
+
+    def remove(self, direction: str, key: str) -> None:
+        """Delete a stored object; removing a missing key is not an error."""
+        self.object_store.delete(keys.object_key(direction, key))
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def trigger(self, key: str, status: str = "pending") -> str:
+        """Send the input stored under ``in/<key>`` to a status queue; return the job id.
+
+        The job id is the key: stable across deliveries and stages.
+
+        Raises:
+            UnknownStatus: the status is not configured. NotFound: nothing is stored at the key.
+        """
+        queue = self._status_queue(status)
+        try:
+            info = self.object_store.head(keys.input_key(key))
+        except NotFound:
+            raise NotFound(f"no input stored at in/{key}: store() it before trigger()") from None
+        return self._send_job(queue, status, key, info.metadata)
+
+    def submit(self, data: Mapping[str, Any], status: str = "pending") -> str:
+        """Store ``data`` in ``in`` and trigger it in one call; return the job id.
+
+        Raises:
+            Everything store() and trigger() raise; nothing is left stored if triggering fails.
+        """
+        queue = self._status_queue(status)
+        entry = parse_entry(data)
+        key = self._store_entry("in", entry)
+        try:
+            return self._send_job(queue, status, key, entry.metadata)
+        except BaseException:
+            if entry.key is None:
+                self.object_store.delete(keys.input_key(key))
+            raise
+
+    def _send_job(self, queue: str, status: str, key: str, meta: Mapping[str, str]) -> str:
+        now = time.time()
+        record = {"job": key, "state": "pending", "status": status, "created": now, "updated": now}
+        record_key = keys.record_key(key, "queued")
+        self.object_store.put(record_key, encode_record(record), content_type="application/json")
+        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=dict(meta))
+        self.message_queue.send(queue, encode(envelope))
+        return key
+
+    def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
+        """Take the next job from a status queue, long-polling until one arrives.
+
+        Returns None once ``timeout`` seconds pass (None waits forever). The job stays
+        invisible to other workers for the visibility timeout; ``job.complete()`` or
+        ``job.acknowledge()`` removes it, otherwise it is delivered again. A message that is
+        not a remotejob envelope is moved to the dead-letter queue and skipped.
+
+        Raises:
+            UnknownStatus: the status is not configured.
+        """
+        queue = self._status_queue(status)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # A blocking next() never short-polls in a loop, even with wait_time=0.
+            poll = float(self.wait_time or 1)
+            remaining = poll if deadline is None else deadline - time.monotonic()
+            wait = max(0.0, min(poll, remaining))
+            for message in self.message_queue.receive(queue, 1, wait):
+                try:
+                    envelope = decode(message.body)
+                except EnvelopeError as exc:
+                    self._dead_letter(queue, message.body, message.receipt, str(exc))
+                    continue
+                job = Job(self, envelope, message.message_id, message.receipt, message.receive_count)
+                if envelope.kind == "job":
+                    self._record_progress(job)
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _record_progress(self, job: Job) -> None:
+        now = time.time()
+        record = {
+            "job": job.id,
+            "state": "inprogress",
+            "status": job.status,
+            "created": job.created,
+            "updated": now,
+            "worker": WORKER_ID,
+            "attempt": job.receive_count,
+        }
+        self.object_store.put(
+            keys.record_key(job.id, "progress"), encode_record(record), content_type="application/json"
+        )
+
+    def _dead_letter(self, queue: str, body: str, receipt: str, reason: str) -> None:
+        logger.warning("moving an undecodable message from %s to the dead-letter queue: %s", queue, reason)
+        self.message_queue.send(keys.dead_letter_name(self.name), body)
+        self.message_queue.delete(queue, receipt)
+
+    def _notify_done(self, job: Job, state: str, error: str | None) -> None:
+        if "completed" not in self.statuses or job.status == "completed":
+            return
+        notice = Envelope(
+            job=job.id, key=job.key, status="completed", sent=time.time(), meta=job.metadata,
+            kind="notice", state=state, error=error,
+        )
+        self.message_queue.send(self._status_queue("completed"), encode(notice))
+
+    def _remove_job(self, status: str, receipt: str) -> None:
+        """Delete a delivery from a status queue by its receipt handle (the seed's hidden call)."""
+        self.message_queue.delete(self._status_queue(status), receipt)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobStatus:
+        """Where a job stands: pending, inprogress, completed or failed.
+
+        Raises:
+            NotFound: no job with this id was ever submitted. InvalidKey: a malformed id.
+        """
+        validate_key(job_id)
+        for record in ("final", "progress", "queued"):
+            try:
+                with self.object_store.get(keys.record_key(job_id, record)) as obj:
+                    return decode_status(job_id, obj.read())
+            except NotFound:
+                continue
+        raise NotFound(f"no job {job_id!r} in {self.name!r}: it was never submitted")
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
+        """Wait until a job is completed or failed and return its status.
+
+        Polls ``status()``, quickly at first, then every ``poll`` seconds at most.
+
+        Raises:
+            JobFailed: the job failed (``.error`` carries its error). WaitTimeout: ``timeout``
+                seconds passed. NotFound: the job was never submitted.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            st = self.status(job_id)
+            if st.state == "failed":
+                raise JobFailed(job_id, st.error or "unknown error")
+            if st.state == "completed":
+                return st
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"job {job_id!r} is still {st.state} after {timeout} s")
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 1.5, poll)
+
+
+def connect(
+    name: str,
+    store: str | ObjectStore | None = None,
+    queues: str | MessageQueue | None = None,
+    *,
+    statuses: Sequence[str] = DEFAULT_STATUSES,
+    visibility_timeout: int = 30,
+    wait_time: int = 20,
+    home: str | os.PathLike[str] | None = None,
+    endpoint_url: str | None = None,
+) -> Queue:
+    """Connect to (and lazily create) the job system ``name``.
+
+    Args:
+        name: the job system's name; queues are ``<name>-<status>`` and ``<name>-dead``.
+        store: ``s3://bucket/prefix``, ``s3://`` (bucket ``remotejobs-<name>``), a folder, or an
+            ObjectStore; default ``$REMOTEJOB_STORE`` or the embedded folder.
+        queues: ``sqs://``, a SQLite file, or a MessageQueue; default ``$REMOTEJOB_QUEUES`` or
+            the embedded SQLite file.
+        statuses: the status queues, in pipeline order.
+        visibility_timeout: seconds a taken job stays invisible to other workers.
+        wait_time: the long-poll wait of one receive, 0-20 seconds.
+        home: the embedded backend's folder (default ``$REMOTEJOB_HOME`` or ``./.remotejob``).
+        endpoint_url: an S3/SQS-compatible endpoint for both services (else the AWS chain's).
+
+    Raises:
+        ConfigError: an invalid name, location or option.
+    """
+    validate_queue_name(name)
+    home_dir = config.home(home)
+    return Queue(
+        name,
+        config.make_store(name, store, home_dir, endpoint_url),
+        config.make_queues(queues, home_dir, endpoint_url),
+        statuses=statuses,
+        visibility_timeout=visibility_timeout,
+        wait_time=wait_time,
+    )

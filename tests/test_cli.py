@@ -1,0 +1,131 @@
+"""The first commands (init, submit, worker, status, demo) through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import remotejob
+from tests.conftest import BackendSetup, unique
+
+REPO = Path(__file__).resolve().parent.parent
+
+HANDLER = """
+def shout(job):
+    with job.open() as stream:
+        text = stream.read().decode()
+    if "fail" in text:
+        raise RuntimeError("asked to fail")
+    return [{"key": "output", "body": text.upper(), "size": job.metadata.get("size", "")}]
+"""
+
+
+def _env(backend: BackendSetup) -> dict[str, str]:
+    """The environment of one job system for CLI subprocesses (a unique name and prefix)."""
+    return {
+        **os.environ,
+        **backend.env,
+        "PYTHONPATH": str(REPO),
+        "REMOTEJOB_NAME": unique("cli"),
+        "REMOTEJOB_STORE": backend.store_url() or "",
+        "REMOTEJOB_QUEUES": backend.queues_url() or "",
+    }
+
+
+def _connect(env: dict[str, str]) -> remotejob.Queue:
+    return remotejob.connect(
+        env["REMOTEJOB_NAME"], store=env["REMOTEJOB_STORE"] or None, queues=env["REMOTEJOB_QUEUES"] or None
+    )
+
+
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "remotejob", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_submit_work_status(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    name = env["REMOTEJOB_NAME"]
+    (tmp_path / "handlers.py").write_text(HANDLER)
+    (tmp_path / "a.txt").write_text("first file")
+    (tmp_path / "b.txt").write_text("please fail")
+
+    init = _cli(env, tmp_path, "init")
+    assert init.returncode == 0, init.stderr
+    assert f"queue: {name}-pending" in init.stdout and f"queue: {name}-dead" in init.stdout
+
+    submitted = _cli(env, tmp_path, "submit", "a.txt", "b.txt", "--meta", "size=128")
+    assert submitted.returncode == 0, submitted.stderr
+    ok_id, bad_id = submitted.stdout.split()
+
+    worker = _cli(env, tmp_path, "worker", "handlers:shout", "--burst")
+    assert worker.returncode == 0, worker.stderr
+    assert "processed 2 job(s)" in worker.stderr
+
+    status = _cli(env, tmp_path, "status", "--json", ok_id, bad_id)
+    assert status.returncode == 0, status.stderr
+    docs = {d["id"]: d for d in map(json.loads, status.stdout.splitlines())}
+    assert docs[ok_id]["state"] == "completed" and docs[ok_id]["outputs"] == ["output"]
+    assert docs[bad_id]["state"] == "failed"
+    assert docs[bad_id]["error"] == "RuntimeError: asked to fail"
+    out = _connect(env).retrieve("out", f"{ok_id}/output")
+    assert out.read() == b"FIRST FILE"
+    assert out.metadata == {"size": "128"}
+
+
+def test_errors_are_one_line_with_exit_codes(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    missing = _cli(env, tmp_path, "status", "never-submitted")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0
+    assert "never submitted" in missing.stderr and "Traceback" not in missing.stderr
+
+    bad_meta = _cli(env, tmp_path, "submit", "-", "--meta", "novalue")
+    assert bad_meta.returncode == 2 and "KEY=VALUE" in bad_meta.stderr
+
+    bad_target = _cli(env, tmp_path, "worker", "no_such_module:f", "--burst")
+    assert bad_target.returncode == 2 and "no_such_module" in bad_target.stderr
+
+
+def test_stdin_submit(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    done = subprocess.run(
+        [sys.executable, "-m", "remotejob", "submit", "-"],
+        input=b"from stdin",
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.decode().strip()
+    q = _connect(env)
+    assert q.retrieve("in", job_id).read() == b"from stdin"
+    assert q.status(job_id).state == "pending"
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for var in ("REMOTEJOB_HOME", "REMOTEJOB_STORE", "REMOTEJOB_QUEUES", "REMOTEJOB_NAME"):
+        env.pop(var, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "remotejob", "demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("completed") == 3
+    assert "AN OLD SILENT POND" in done.stdout
+    assert (tmp_path / ".remotejob" / "queues.db").exists()

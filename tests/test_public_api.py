@@ -1,0 +1,51 @@
+"""The public surface: what ``import remotejob`` offers."""
+
+from __future__ import annotations
+
+import remotejob
+
+
+def test_all_names() -> None:
+    assert sorted(remotejob.__all__) == sorted(
+        [
+            "AlreadyExists",
+            "BackendUnavailable",
+            "ConfigError",
+            "EnvelopeError",
+            "InvalidKey",
+            "InvalidReceipt",
+            "Job",
+            "JobFailed",
+            "JobStatus",
+            "MetadataError",
+            "NotFound",
+            "Output",
+            "PayloadTooLarge",
+            "Queue",
+            "RemoteJobError",
+            "StoredObject",
+            "UnknownStatus",
+            "WaitTimeout",
+            "__version__",
+            "connect",
+        ]
+    )
+    for name in remotejob.__all__:
+        assert hasattr(remotejob, name)
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(remotejob.NotFound, LookupError)
+    assert issubclass(remotejob.WaitTimeout, TimeoutError)
+    for cls in (
+        remotejob.InvalidKey,
+        remotejob.MetadataError,
+        remotejob.UnknownStatus,
+        remotejob.PayloadTooLarge,
+    ):
+        assert issubclass(cls, ValueError)
+    for name in remotejob.__all__:
+        obj = getattr(remotejob, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, remotejob.RemoteJobError)
+            assert obj.__doc__
