@@ -1,0 +1,101 @@
+"""SQLite plumbing shared by the embedded store and queues.
+
+A :class:`Database` gives each thread (and each forked process) its own connection to one WAL-mode
+file, with explicit ``BEGIN IMMEDIATE`` transactions, so writers from several processes serialise
+on SQLite's lock instead of failing. :func:`translate_errors` is the one place where ``sqlite3``
+and ``OSError`` failures become :class:`~remotejob.errors.BackendUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a connection waits for another writer's lock before giving up."""
+
+# Connections inherited through fork() must not be closed in the child: closing runs SQLite's
+# last-connection cleanup against files the parent still uses. They are parked here instead.
+_inherited: list[sqlite3.Connection] = []
+
+
+class Database:
+    """One SQLite file, a connection per thread and process, the schema created on first use."""
+
+    def __init__(self, path: Path, schema: str, prepare: Callable[[], None] | None = None) -> None:
+        """Describe the database; nothing is opened until a connection is needed.
+
+        Args:
+            path: The database file; its folder is created when missing.
+            schema: ``CREATE ... IF NOT EXISTS`` statements run on every new connection.
+            prepare: Called before the first connection of each thread, e.g. to create folders.
+        """
+        self.path = path
+        self._schema = schema
+        self._prepare = prepare
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection, opening it (and creating the schema) on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        if conn is not None:
+            _inherited.append(conn)
+        conn = self._open()
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self._prepare is not None:
+            self._prepare()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(self._schema)
+        except BaseException:
+            conn.close()
+            raise
+        logger.debug("opened SQLite database %s", self.path)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the body in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+
+
+@contextmanager
+def translate_errors(location: str, action: str, hint: str) -> Iterator[None]:
+    """Turn ``sqlite3.Error`` and ``OSError`` raised in the body into ``BackendUnavailable``.
+
+    Args:
+        location: Where the backend lives, named in the message.
+        action: What was being done, e.g. ``"reading 'in/cat.jpg'"``.
+        hint: What the user should check.
+    """
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise BackendUnavailable(f"{action} failed at {location} ({exc}): {hint}") from exc

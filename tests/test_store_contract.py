@@ -1,0 +1,399 @@
+"""The ObjectStore contract: every backend stores, streams, lists and refuses exactly alike.
+
+Each test takes the ``backend`` fixture, so it runs on the embedded store, on moto's S3 and on
+SeaweedFS; a few tests of what only the embedded store can show are marked as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remotejob.backends.base import ObjectStore
+from remotejob.errors import AlreadyExists, BackendUnavailable, InvalidKey, MetadataError, NotFound
+from tests.conftest import BackendSetup
+
+ODD_METADATA = {"Name": "Ünïcode ☃", "with space": "  padded  ", "empty": ""}
+
+
+@pytest.fixture
+def store(backend: BackendSetup) -> Any:
+    store = backend.make_store()
+    store.ensure()
+    if backend.kind == "aws-real-s3":
+        store.backend_kind = "seaweedfs"
+    return store
+
+
+def backend_kind(store: Any) -> str:
+    """``seaweedfs`` for the SeaweedFS store, whose listing order differs from S3's."""
+    return str(getattr(store, "backend_kind", ""))
+
+
+def keys_of(store: Any, prefix: str = "") -> list[str]:
+    return [info.key for info in store.list(prefix)]
+
+
+class ChunkSource(io.RawIOBase):
+    """A non-seekable binary stream of ``size`` bytes that records every read size asked for."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytes(i % 251 for i in range(size))
+        self.position = 0
+        self.requested: list[int | None] = []
+        self.returned: list[int] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(-1 if size is None else size) or b""
+        self.requested.append(size)
+        self.returned.append(len(data))
+        return data
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        self.requested.append(-1)
+        self.returned.append(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.data[self.position : self.position + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+
+def test_store_implements_the_protocol(store: Any) -> None:
+    assert isinstance(store, ObjectStore)
+    assert store.location
+
+
+def test_bytes_round_trip_with_metadata_and_content_type(store: Any) -> None:
+    info = store.put("in/cat.jpg", b"meow", ODD_METADATA, content_type="image/jpeg")
+
+    assert (info.key, info.size, info.content_type) == ("in/cat.jpg", 4, "image/jpeg")
+    with store.get("in/cat.jpg") as obj:
+        assert obj.key == "in/cat.jpg"
+        assert obj.size == 4
+        assert obj.content_type == "image/jpeg"
+        assert obj.metadata == ODD_METADATA
+        assert obj.read() == b"meow"
+
+
+def test_empty_body_and_default_content_type(store: Any) -> None:
+    store.put("empty", b"")
+
+    obj = store.get("empty")
+    assert obj.read() == b""
+    assert obj.size == 0
+    assert obj.metadata == {}
+    assert obj.content_type == "application/octet-stream"
+
+
+def test_file_object_is_streamed_in_chunks(store: Any) -> None:
+    source = ChunkSource(3 * 1024 * 1024 + 7)
+
+    info = store.put("big", source, {"kind": "stream"})
+
+    assert info.size == len(source.data)
+    # Only bounded reads return data; an unbounded read may only confirm the end of the stream.
+    unbounded = [n for size, n in zip(source.requested, source.returned, strict=True)
+                 if size is None or size < 0]
+    assert sum(unbounded) == 0
+    with store.get("big") as obj:
+        stream = obj.open()
+        parts = iter(lambda: stream.read(256 * 1024), b"")
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+    assert digest.hexdigest() == hashlib.sha256(source.data).hexdigest()
+    assert store.head("big").metadata == {"kind": "stream"}
+
+
+def test_real_file_round_trip(store: Any, tmp_path: Path) -> None:
+    path = tmp_path / "photo.bin"
+    path.write_bytes(b"\x00\xff" * 700_000)
+
+    with open(path, "rb") as body:
+        store.put("out/job/photo.bin", body, content_type="image/png")
+
+    target = tmp_path / "copy.bin"
+    store.get("out/job/photo.bin").save(str(target))
+    assert target.read_bytes() == path.read_bytes()
+
+
+def test_head_describes_without_body(store: Any) -> None:
+    put = store.put("h", b"12345", {"a": "1"}, "text/plain")
+
+    info = store.head("h")
+
+    assert (info.key, info.size, info.content_type, info.metadata) == ("h", 5, "text/plain", {"a": "1"})
+    assert info.etag and info.etag == put.etag
+    assert info.modified > 0
+    assert store.put("h2", b"other").etag != info.etag
+
+
+def test_metadata_survives_head_and_get_exactly(store: Any) -> None:
+    store.put("m", b"x", ODD_METADATA)
+
+    assert store.head("m").metadata == ODD_METADATA
+    assert store.get("m").metadata == ODD_METADATA
+
+
+@pytest.mark.parametrize("operation", ["get", "head"])
+def test_unknown_key_is_not_found(store: Any, operation: str) -> None:
+    with pytest.raises(NotFound, match="no-such-key"):
+        getattr(store, operation)("in/no-such-key")
+    with pytest.raises(LookupError):
+        getattr(store, operation)("in/no-such-key")
+
+
+def test_delete_is_idempotent(store: Any) -> None:
+    store.put("d", b"x")
+
+    store.delete("d")
+    store.delete("d")
+    store.delete("never-existed")
+
+    with pytest.raises(NotFound):
+        store.head("d")
+    assert keys_of(store) == []
+
+
+def test_overwrite_replaces_body_and_metadata(store: Any) -> None:
+    store.put("o", b"first", {"v": "1"}, "text/plain")
+
+    store.put("o", b"second!", {"w": "2"}, "application/json")
+
+    with store.get("o") as obj:
+        assert obj.read() == b"second!"
+        assert obj.metadata == {"w": "2"}
+        assert obj.content_type == "application/json"
+    assert [(i.key, i.size) for i in store.list()] == [("o", 7)]
+
+
+def test_if_absent_creates_once(store: Any) -> None:
+    store.put("jobs/1/final", b"first", {"who": "a"}, if_absent=True)
+
+    with pytest.raises(AlreadyExists):
+        store.put("jobs/1/final", b"second", {"who": "b"}, if_absent=True)
+
+    with store.get("jobs/1/final") as obj:
+        assert obj.read() == b"first"
+        assert obj.metadata == {"who": "a"}
+
+
+def test_if_absent_has_one_winner_among_concurrent_writers(backend: BackendSetup, store: Any) -> None:
+    if backend.kind == "aws":
+        pytest.skip("moto's conditional put is check-then-act, not atomic (see DESIGN.md)")
+    winners: list[int] = []
+    losers: list[int] = []
+    start = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        start.wait()
+        try:
+            store.put("jobs/race/final", f"writer {n}".encode(), if_absent=True)
+            winners.append(n)
+        except AlreadyExists:
+            losers.append(n)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(winners) == 1 and len(losers) == 7
+    assert store.get("jobs/race/final").read() == f"writer {winners[0]}".encode()
+
+
+def test_list_is_in_byte_order_and_filters_by_prefix(store: Any) -> None:
+    names = ["a~", "aé", "a/c", "a-b", "b", "a/b", "a", "ab", "A"]
+    for name in names:
+        store.put(name, name.encode())
+
+    def listed(prefix: str = "") -> list[str]:
+        keys = keys_of(store, prefix)
+        if backend_kind(store) == "seaweedfs":  # SeaweedFS lists folder by folder, not byte order
+            keys.sort(key=lambda k: k.encode())
+        return keys
+
+    assert listed() == sorted(names, key=lambda k: k.encode())
+    assert listed() == ["A", "a", "a-b", "a/b", "a/c", "ab", "a~", "aé", "b"]
+    assert listed("a/") == ["a/b", "a/c"]
+    assert listed("a") == ["a", "a-b", "a/b", "a/c", "ab", "a~", "aé"]
+    assert listed("aé") == ["aé"]
+    assert listed("c") == []
+    assert {i.key: i.size for i in store.list("a/")} == {"a/b": 3, "a/c": 3}
+
+
+def test_list_has_no_wildcards(store: Any) -> None:
+    for name in ["x%y", "x_y", "xay", "x%"]:
+        store.put(name, b"1")
+
+    assert keys_of(store, "x%") == ["x%", "x%y"]
+    assert keys_of(store, "x_") == ["x_y"]
+
+
+def test_key_and_key_below_it_coexist(store: Any) -> None:
+    store.put("a", b"file")
+    store.put("a/b", b"below")
+
+    assert store.get("a").read() == b"file"
+    assert store.get("a/b").read() == b"below"
+    store.delete("a")
+    assert store.get("a/b").read() == b"below"
+
+
+def test_longest_and_unicode_keys_work(store: Any) -> None:
+    # S3's 1,024 bytes include the store's own key prefix, if it has one.
+    room = 1024 - len(getattr(store, "prefix", "").encode())
+    # Folders of 99 bytes: SeaweedFS, like a file system, refuses one very long path segment.
+    longest = ("k/" + "/".join(["x" * 99] * 11))[:room].rstrip("/")
+    longest += "y" * (room - len(longest.encode()))
+    assert len(longest.encode()) == room
+    unicode = "in/ünï ☃ 𝄞/a b+c=d"
+
+    store.put(longest, b"long")
+    store.put(unicode, b"uni")
+
+    assert store.get(longest).read() == b"long"
+    assert store.get(unicode).read() == b"uni"
+    assert keys_of(store) == [unicode, longest]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 1025, "é" * 513, "../x", "a/../b", "a/./b", "/abs", "nul\x00"],
+    ids=["empty", "1025-bytes", "1026-utf8-bytes", "dotdot", "inner-dotdot", "dot", "absolute", "nul"],
+)
+def test_invalid_keys_are_refused_and_nothing_is_written(store: Any, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        store.put(key, b"x")
+    with pytest.raises(InvalidKey):
+        store.put(key, b"x", if_absent=True)
+    with pytest.raises(InvalidKey):
+        store.get(key)
+
+    assert keys_of(store) == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ({"ok": "1", "count": 3}, "count"),
+        ({"flag": None}, "flag"),
+        ({"small": "x", "huge": "y" * 2100}, "huge"),
+        ({f"k{i}": "v" * 100 for i in range(30)}, "k19"),
+    ],
+    ids=["int", "none", "one-large-value", "many-fields"],
+)
+def test_invalid_metadata_names_the_field_and_writes_nothing(
+    store: Any, metadata: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(MetadataError, match=field):
+        store.put("meta", b"x", metadata)
+
+    with pytest.raises(NotFound):
+        store.head("meta")
+
+
+def test_invalid_metadata_leaves_an_existing_object_alone(store: Any) -> None:
+    store.put("keep", b"old", {"v": "1"})
+
+    with pytest.raises(MetadataError):
+        store.put("keep", b"new", {"v": 2})  # type: ignore[dict-item]
+
+    assert store.get("keep").read() == b"old"
+
+
+# -- what only the embedded store can show ----------------------------------------------------
+
+
+@pytest.fixture
+def embedded(backend: BackendSetup) -> BackendSetup:
+    if backend.kind != "embedded":
+        pytest.skip("embedded store only")
+    return backend
+
+
+def test_fresh_store_works_without_ensure(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    store = LocalStore(tmp_path / "new" / "store")
+
+    store.put("k", b"v")
+
+    assert store.get("k").read() == b"v"
+    assert store.location == f"file://{tmp_path / 'new' / 'store'}"
+
+
+def test_keys_never_become_file_names(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    keys = ["in/escape..txt", "CON", "a\\b", "x" * 1024, "a", "a/b"]
+
+    for key in keys:
+        store.put(key, key.encode())
+
+    assert {p.name for p in root.iterdir()} <= {"blobs", "index.db", "index.db-wal", "index.db-shm"}
+    blobs = sorted(p.name for p in (root / "blobs").iterdir())
+    assert len(blobs) == len(keys)
+    assert all(len(name) == 32 and int(name, 16) >= 0 for name in blobs)
+    assert [store.get(key).read() for key in keys] == [key.encode() for key in keys]
+
+
+def test_unusable_folder_is_backend_unavailable(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    store = LocalStore(blocker)
+
+    with pytest.raises(BackendUnavailable, match=str(blocker)):
+        store.ensure()
+    with pytest.raises(BackendUnavailable):
+        store.put("k", b"v")
+
+
+def test_stores_in_two_processes_share_objects(embedded: BackendSetup, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "shared"
+    LocalStore(root).put("from-parent", b"hello")
+    script = (
+        "import sys\nfrom remotejob.backends.local import LocalStore\n"
+        "s = LocalStore(sys.argv[1])\n"
+        "s.put('from-child', s.get('from-parent').read() + b' back', if_absent=True)\n"
+    )
+
+    subprocess.run([sys.executable, "-c", script, str(root)], check=True, cwd=Path(__file__).parent.parent)
+
+    assert LocalStore(root).get("from-child").read() == b"hello back"
+
+
+def test_reader_keeps_its_body_while_the_key_is_overwritten(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    store = LocalStore(tmp_path / "s")
+    store.put("k", b"old body")
+
+    with store.get("k") as obj:
+        store.put("k", b"new body")
+        store.delete("k")
+        assert obj.read() == b"old body"
+
+    assert list((tmp_path / "s" / "blobs").iterdir()) == []
