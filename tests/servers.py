@@ -172,6 +172,10 @@ def start_seaweedfs() -> Server:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        # Every bucket is a collection that grows 7 volumes on its first write; the default slot
+        # count is derived from free disk / 30 GB and runs out after one or two test buckets.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=2000",
         "-webdav=false",
     ]
     with open(log, "wb") as out:
