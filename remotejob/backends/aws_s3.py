@@ -2,54 +2,71 @@
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterator, Mapping
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+import re
+import time
+from collections.abc import Collection, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
-from botocore.exceptions import (
-    ClientError,
-)
 
-from ..errors import (
-    AlreadyExists,
-    NotFound,
-)
-from ..limits import (
-    decode_metadata,
-    encode_metadata,
-    validate_key,
-    validate_metadata,
-)
-from .base import (
-    Body,
-    ObjectInfo,
-    StoredObject,
-)
+from ..errors import ConfigError, InvalidKey, NotFound
+from ..limits import decode_metadata, encode_metadata, validate_key, validate_metadata
+from ._aws import TRANSFER, LazyClient, NoSuchBucket, Translate
+from .base import Body, ObjectInfo, StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-from ._aws import TRANSFER, _Clients, _code, _translate
+    from mypy_boto3_s3.type_defs import HeadObjectOutputTypeDef
 
 logger = logging.getLogger(__name__)
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+_READ_BUFFER = 256 * 1024
 
-class _Counting:
-    """Wraps a readable body so the size of what was uploaded is known without a HEAD."""
 
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self.size = 0
+def validate_bucket(bucket: str) -> str:
+    """Check a general purpose bucket name against S3's naming rules.
 
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._source.read(size)
-        self.size += len(chunk)
-        return chunk
+    Raises:
+        ConfigError: naming the rule and how to fix the name.
+    """
+    if (
+        not isinstance(bucket, str)
+        or not _BUCKET.fullmatch(bucket)
+        or ".." in bucket
+        or _IP_ADDRESS.fullmatch(bucket)
+        or bucket.startswith(_RESERVED_PREFIXES)
+        or bucket.endswith(_RESERVED_SUFFIXES)
+    ):
+        raise ConfigError(
+            f"{bucket!r} is not a valid S3 bucket name: use 3-63 lower-case letters, digits, '-' "
+            "and '.', starting and ending with a letter or digit, e.g. 'my-company-jobs'"
+        )
+    return bucket
 
 
 class S3Store:
-    """An ObjectStore in an S3 bucket, under an optional key prefix."""
+    """An ObjectStore in an S3 bucket, under an optional key prefix.
+
+    The bucket is created when a write finds it missing (or by :meth:`ensure`), so normal
+    operations spend no request on checking it.
+
+    Args:
+        bucket: the bucket name.
+        prefix: a folder-like prefix inside the bucket that every key lives under.
+        endpoint_url: an S3-compatible endpoint; default: ``AWS_ENDPOINT_URL_S3`` or AWS.
+        region: the region; default: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile's.
+        session: a boto3 session to take credentials and settings from.
+        create_bucket: create the bucket when a write finds it missing.
+
+    Raises:
+        ConfigError: an invalid bucket name or prefix.
+    """
 
     def __init__(
         self,
@@ -61,47 +78,63 @@ class S3Store:
         session: boto3.session.Session | None = None,
         create_bucket: bool = True,
     ) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.bucket = validate_bucket(bucket)
+        root = prefix.strip("/")
+        if root:
+            try:
+                validate_key(root)
+            except InvalidKey as exc:
+                raise ConfigError(f"invalid prefix {prefix!r} for s3://{bucket}: {exc}") from exc
+        self.prefix = root + "/" if root else ""
         self.location = f"s3://{bucket}/{self.prefix}"
         self._create_bucket = create_bucket
-        self._bucket_ready = False
-        self._clients = _Clients("s3", endpoint_url, region, session)
+        self._bucket_known = False
+        self._client = LazyClient("s3", endpoint_url, region, session)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.location!r})"
 
     @property
     def _s3(self) -> S3Client:
-        return cast("S3Client", self._clients.get())
+        return cast("S3Client", self._client.get())
 
-    def _key(self, key: str) -> str:
+    def _full(self, key: str) -> str:
         validate_key(key)
         return validate_key(self.prefix + key)
 
-    def _translate(self, what: str) -> Any:
-        return _translate("S3", self._clients.endpoint(), what)
+    def _call(
+        self, action: str, key: str | None = None, ok: Collection[str] = ()
+    ) -> Translate:
+        subject = f"object {key!r} in {self.location}" if key is not None else f"bucket {self.bucket}"
+        missing = f"no object {key!r} in {self.location}" if key is not None else None
+        return Translate("S3", self._client.endpoint(), action, subject, missing=missing, ok=ok)
 
     def ensure(self) -> None:
-        """Create the bucket if it is missing; an existing bucket of ours is fine."""
-        with self._translate(f"checking bucket {self.bucket}"):
-            try:
+        """Create the bucket if it is missing; a bucket we own already is fine.
+
+        Raises:
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        try:
+            with self._call("checking"):
                 self._s3.head_bucket(Bucket=self.bucket)
-                return
-            except ClientError as exc:
-                if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                    raise
-        self._make_bucket()
+        except NotFound:
+            self._make_bucket()
+        self._bucket_known = True
 
     def _make_bucket(self) -> None:
-        with self._translate(f"creating bucket {self.bucket}"):
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        with self._call("creating", ok={"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}) as call:
             region = self._s3.meta.region_name
-            args: dict[str, Any] = {"Bucket": self.bucket}
             if region and region != "us-east-1":
                 args["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            try:
-                self._s3.create_bucket(**args)
-                logger.info("created bucket %s", self.bucket)
-            except ClientError as exc:
-                if _code(exc) != "BucketAlreadyOwnedByYou":
-                    raise
+            self._s3.create_bucket(**args)
+        if call.swallowed == "BucketAlreadyExists":
+            # Some S3-compatible stores say this of a bucket we own; AWS only of someone else's.
+            with self._call("checking"):
+                self._s3.head_bucket(Bucket=self.bucket)
+        elif call.swallowed is None:
+            logger.info("created bucket %s", self.bucket)
 
     def put(
         self,
@@ -111,137 +144,162 @@ class S3Store:
         content_type: str = "application/octet-stream",
         if_absent: bool = False,
     ) -> ObjectInfo:
-        """Store ``body`` (bytes in one PUT; a file streamed in 8 MiB parts). See ObjectStore."""
-        full = self._key(key)
-        meta = validate_metadata(metadata or {})
-        if if_absent and not isinstance(body, bytes):
-            raise ValueError("if_absent=True needs a bytes body")
-        extra = {"Metadata": encode_metadata(meta), "ContentType": content_type}
-        try:
-            return self._put(key, full, body, extra, if_absent, meta)
-        except NotFound:
-            if not self._create_bucket or not isinstance(body, bytes):
-                raise
-            self._make_bucket()
-            return self._put(key, full, body, extra, if_absent, meta)
+        """Store ``body``: bytes in one PUT, a file object streamed in 8 MiB parts.
 
-    def _put(
-        self, key: str, full: str, body: Body, extra: dict[str, Any], if_absent: bool,
-        meta: dict[str, str],
-    ) -> ObjectInfo:
+        See :meth:`remotejob.backends.base.ObjectStore.put`.
+
+        Raises:
+            AlreadyExists: ``if_absent`` and the key exists.
+            InvalidKey, MetadataError: the key or metadata would be refused by S3.
+            ValueError: ``if_absent`` with a file object.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        full = self._full(key)
+        meta = validate_metadata(metadata or {})
+        if isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        if if_absent and not isinstance(body, bytes):
+            raise ValueError("if_absent=True needs a bytes body (create-once records are small)")
+        extra = {"Metadata": encode_metadata(meta), "ContentType": content_type}
         if not isinstance(body, bytes):
             return self._upload(key, full, body, extra, meta)
-        conditional: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-        with self._translate(f"writing {full!r} to bucket {self.bucket}"):
-            try:
-                reply = self._s3.put_object(
-                    Bucket=self.bucket, Key=full, Body=body, **extra, **conditional
-                )
-            except ClientError as exc:
-                if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise AlreadyExists(f"{key!r} already exists in {self.location}") from exc
+        try:
+            return self._put_bytes(key, full, body, extra, if_absent, meta)
+        except NoSuchBucket:
+            if not self._create_bucket:
                 raise
-        self._bucket_ready = True
-        return ObjectInfo(key, len(body), meta, extra["ContentType"], reply.get("ETag", ""))
+            self._make_bucket()
+            return self._put_bytes(key, full, body, extra, if_absent, meta)
+
+    def _put_bytes(
+        self, key: str, full: str, body: bytes, extra: dict[str, Any], if_absent: bool,
+        meta: dict[str, str],
+    ) -> ObjectInfo:
+        conditional: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
+        with self._call("writing", key):
+            reply = self._s3.put_object(Bucket=self.bucket, Key=full, Body=body, **extra, **conditional)
+        self._bucket_known = True
+        etag = reply.get("ETag", "").strip('"')
+        return ObjectInfo(key, len(body), meta, extra["ContentType"], etag, time.time())
 
     def _upload(
         self, key: str, full: str, body: IO[bytes], extra: dict[str, Any], meta: dict[str, str]
     ) -> ObjectInfo:
-        # A stream cannot be replayed after NoSuchBucket, so make sure of the bucket first (once).
-        if self._create_bucket and not self._bucket_ready:
+        # A stream cannot be replayed after NoSuchBucket, so the bucket is made sure of first.
+        if self._create_bucket and not self._bucket_known:
             self.ensure()
-            self._bucket_ready = True
         counting = _Counting(body)
-        with self._translate(f"writing {full!r} to bucket {self.bucket}"):
+        with self._call("writing", key):
             self._s3.upload_fileobj(
                 cast("IO[Any]", counting), self.bucket, full, ExtraArgs=extra, Config=TRANSFER
             )
-        return ObjectInfo(key, counting.size, meta, extra["ContentType"])
+        return ObjectInfo(key, counting.size, meta, extra["ContentType"], "", time.time())
 
-    def _info(self, key: str, reply: Mapping[str, Any]) -> ObjectInfo:
+    def _info(self, key: str, reply: HeadObjectOutputTypeDef | Mapping[str, Any]) -> ObjectInfo:
         modified = reply.get("LastModified")
         return ObjectInfo(
             key=key,
             size=int(reply.get("ContentLength", 0)),
             metadata=decode_metadata(reply.get("Metadata", {})),
-            content_type=str(reply.get("ContentType", "application/octet-stream")),
-            etag=str(reply.get("ETag", "")),
+            content_type=str(reply.get("ContentType") or "application/octet-stream"),
+            etag=str(reply.get("ETag", "")).strip('"'),
             modified=modified.timestamp() if modified else 0.0,
         )
 
     def get(self, key: str) -> StoredObject:
-        """Open the object; its body streams from S3 as it is read."""
-        full = self._key(key)
-        try:
-            with self._translate(f"reading {full!r} from bucket {self.bucket}"):
-                reply = self._s3.get_object(Bucket=self.bucket, Key=full)
-        except NotFound:
-            raise NotFound(f"no object {key!r} in {self.location}") from None
-        return StoredObject(self._info(key, reply), cast(BinaryIO, _Stream(reply["Body"])))
+        """Open the object; its body streams from S3 as it is read.
+
+        Raises:
+            NotFound: no such key.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        full = self._full(key)
+        call = self._call("reading", key)
+        with call:
+            reply = self._s3.get_object(Bucket=self.bucket, Key=full)
+        raw = _Body(reply["Body"], call)
+        return StoredObject(self._info(key, reply), io.BufferedReader(raw, _READ_BUFFER))
 
     def head(self, key: str) -> ObjectInfo:
-        """Return the object's info without its body."""
-        full = self._key(key)
-        try:
-            with self._translate(f"reading {full!r} from bucket {self.bucket}"):
-                reply = self._s3.head_object(Bucket=self.bucket, Key=full)
-        except NotFound:
-            raise NotFound(f"no object {key!r} in {self.location}") from None
+        """Return the object's info without its body.
+
+        Raises:
+            NotFound: no such key.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        full = self._full(key)
+        with self._call("reading", key):
+            reply = self._s3.head_object(Bucket=self.bucket, Key=full)
         return self._info(key, reply)
 
     def delete(self, key: str) -> None:
-        """Delete the object; a missing key (or bucket) is fine."""
-        full = self._key(key)
-        try:
-            with self._translate(f"deleting {full!r} from bucket {self.bucket}"):
-                self._s3.delete_object(Bucket=self.bucket, Key=full)
-        except NotFound:
-            pass
+        """Delete the object; a missing key (or bucket) is fine.
+
+        Raises:
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        full = self._full(key)
+        with self._call("deleting", key, ok={"NoSuchKey", "NoSuchBucket", "404"}):
+            self._s3.delete_object(Bucket=self.bucket, Key=full)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield the objects under ``prefix`` in S3's byte order."""
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix
-        )
-        try:
-            with self._translate(f"listing {self.prefix + prefix!r} in bucket {self.bucket}"):
-                for page in pages:
-                    for item in page.get("Contents", []):
-                        yield ObjectInfo(
-                            key=item["Key"][len(self.prefix):],
-                            size=int(item.get("Size", 0)),
-                            etag=str(item.get("ETag", "")),
-                            modified=item["LastModified"].timestamp() if "LastModified" in item else 0,
-                        )
-        except NotFound:
-            return
+        """Yield the objects whose key starts with ``prefix``, in S3's (byte) order.
+
+        Raises:
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        full = self.prefix + prefix
+        with self._call(f"listing {full!r} in", ok={"NoSuchBucket"}):
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    modified = item.get("LastModified")
+                    yield ObjectInfo(
+                        key=item["Key"][len(self.prefix) :],
+                        size=int(item.get("Size", 0)),
+                        etag=str(item.get("ETag", "")).strip('"'),
+                        modified=modified.timestamp() if modified else 0.0,
+                    )
 
 
-class _Stream:
-    """A botocore StreamingBody as a binary file object (read, readinto, close, context)."""
+class _Counting:
+    """A readable wrapper that counts the bytes an upload read, so no HEAD is needed after."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size)
+        self.size += len(chunk)
+        return chunk
+
+
+class _Body(io.RawIOBase):
+    """A botocore StreamingBody as a raw binary stream, its failures translated like any call."""
+
+    def __init__(self, body: Any, call: Translate) -> None:
+        super().__init__()
         self._body = body
-        self.closed = False
-
-    def read(self, size: int | None = -1) -> bytes:
-        return bytes(self._body.read(None if size is None or size < 0 else size))
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        self._call = call
 
     def readable(self) -> bool:
         return True
 
+    def readinto(self, buffer: Any) -> int:
+        with self._call:
+            data: bytes = self._body.read(len(buffer))
+        view = memoryview(buffer).cast("B")
+        view[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        data = b""
+        with self._call:
+            data = self._body.read()
+        return data
+
     def close(self) -> None:
         if not self.closed:
             self._body.close()
-            self.closed = True
-
-    def __enter__(self) -> _Stream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()

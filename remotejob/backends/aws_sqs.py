@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
-from collections.abc import Sequence
+import os
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
-from botocore.exceptions import (
-    ClientError,
-)
 
-from ..errors import (
-    BackendUnavailable,
-    InvalidReceipt,
-    NotFound,
-    PayloadTooLarge,
-)
+from ..errors import BackendUnavailable, ConfigError, InvalidReceipt, NotFound, PayloadTooLarge
 from ..limits import (
     MAX_MESSAGE_BYTES,
     validate_batch,
@@ -29,23 +22,37 @@ from ..limits import (
     validate_visibility,
     validate_wait,
 )
-from .base import (
-    Message,
-    OutgoingMessage,
-    QueueAttributes,
-    QueueDepth,
-)
+from ._aws import LazyClient, Translate, safe_endpoint
+from .base import Message, OutgoingMessage, QueueAttributes, QueueDepth
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-
-from ._aws import _Clients, _code, _translate
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 logger = logging.getLogger(__name__)
 
+MAX_RECEIVE_COUNT = 1000
+MIN_RETENTION_S, MAX_RETENTION_S = 60, 14 * 24 * 3600
+_ALREADY_EXISTS = {"QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists"}
+_PURGE_IN_PROGRESS = {"PurgeQueueInProgress", "AWS.SimpleQueueService.PurgeQueueInProgress"}
+_RECEIPT_FAILURES = ("ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight")
+_DEPTH: list[QueueAttributeNameType] = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+]
+
 
 class SqsQueues:
-    """MessageQueue on Amazon SQS (or any SQS-compatible endpoint)."""
+    """A MessageQueue on Amazon SQS (or any SQS-compatible endpoint).
+
+    Queue URLs are looked up once per name and cached.
+
+    Args:
+        endpoint_url: an SQS-compatible endpoint; default: ``AWS_ENDPOINT_URL_SQS`` or AWS.
+        region: the region; default: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile's.
+        session: a boto3 session to take credentials and settings from.
+    """
 
     def __init__(
         self,
@@ -54,81 +61,143 @@ class SqsQueues:
         region: str | None = None,
         session: boto3.session.Session | None = None,
     ) -> None:
-        self._clients = _Clients("sqs", endpoint_url, region, session, read_timeout=40)
+        self._client = LazyClient("sqs", endpoint_url, region, session)
         self._urls: dict[str, str] = {}
-        self._max_bytes: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.location = f"sqs://{region or ''}" if not endpoint_url else endpoint_url
+        env = os.environ
+        endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_SQS") or env.get("AWS_ENDPOINT_URL")
+        where = self._client.region() or os.environ.get("AWS_DEFAULT_REGION") or (
+            session.region_name if session else None
+        )
+        self.location = safe_endpoint(endpoint) if endpoint else f"sqs://{where or ''}"
+
+    def __repr__(self) -> str:
+        return f"SqsQueues({self.location!r})"
 
     @property
     def _sqs(self) -> SQSClient:
-        return cast("SQSClient", self._clients.get())
+        return cast("SQSClient", self._client.get())
 
-    def _translate(self, what: str) -> Any:
-        return _translate("SQS", self._clients.endpoint(), what)
+    @contextmanager
+    def _call(self, action: str, queue: str, ok: Collection[str] = ()) -> Iterator[Translate]:
+        endpoint = self._client.endpoint()
+        missing = (
+            f"queue {queue!r} does not exist at {endpoint}: run `remotejob init` or connect() first"
+        )
+        try:
+            with Translate("SQS", endpoint, action, f"queue {queue!r}", missing=missing, ok=ok) as call:
+                yield call
+        except NotFound:
+            self._urls.pop(queue, None)  # a queue deleted since we cached its URL
+            raise
 
     def _url(self, queue: str) -> str:
         url = self._urls.get(queue)
         if url is None:
             validate_queue_name(queue)
-            try:
-                with self._translate(f"looking up queue {queue}"):
-                    url = self._sqs.get_queue_url(QueueName=queue)["QueueUrl"]
-            except NotFound:
-                raise NotFound(
-                    f"queue {queue!r} does not exist: run `remotejob init` or use connect() first"
-                ) from None
+            with self._call("looking up", queue):
+                url = self._sqs.get_queue_url(QueueName=queue)["QueueUrl"]
             self._urls[queue] = url
         return url
 
     def ensure(self, names: Sequence[str], attributes: QueueAttributes) -> None:
-        """Create missing queues (the dead-letter queue first); existing ones are left as they are."""
-        ordered = sorted(names, key=lambda n: n != attributes.dead_letter)
-        for name in ordered:
-            try:
-                self._url(name)
-                continue
-            except NotFound:
-                pass
-            attrs: dict[Any, str] = {
-                "VisibilityTimeout": str(attributes.visibility_s),
-                "ReceiveMessageWaitTimeSeconds": str(attributes.wait_s),
-                "MessageRetentionPeriod": str(attributes.retention_s),
-            }
-            if attributes.dead_letter and name != attributes.dead_letter:
-                with self._translate(f"reading the ARN of {attributes.dead_letter}"):
-                    arn = self._sqs.get_queue_attributes(
-                        QueueUrl=self._url(attributes.dead_letter), AttributeNames=["QueueArn"]
-                    )["Attributes"]["QueueArn"]
-                attrs["RedrivePolicy"] = json.dumps(
-                    {"deadLetterTargetArn": arn, "maxReceiveCount": attributes.max_receive_count or 5}
+        """Create the named queues if missing; existing queues keep their attributes.
+
+        A queue named as ``attributes.dead_letter`` is created first and without a redrive
+        policy of its own, so one call can create a queue and its dead-letter queue.
+
+        Raises:
+            ConfigError: an invalid queue name, retention or redrive policy.
+            NotFound: the dead-letter queue neither exists nor is among ``names``.
+            ValueError: a visibility timeout or wait outside SQS's limits.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        for name in names:
+            validate_queue_name(name)
+        validate_visibility(attributes.visibility_s)
+        validate_wait(attributes.wait_s)
+        if not MIN_RETENTION_S <= attributes.retention_s <= MAX_RETENTION_S:
+            raise ConfigError(
+                f"retention {attributes.retention_s} s is outside SQS's {MIN_RETENTION_S}-{MAX_RETENTION_S} s"
+            )
+        dead = attributes.dead_letter
+        if (dead is None) != (attributes.max_receive_count is None):
+            raise ConfigError("a redrive policy needs both dead_letter and max_receive_count")
+        if dead is not None:
+            validate_queue_name(dead)
+            if not 1 <= (attributes.max_receive_count or 0) <= MAX_RECEIVE_COUNT:
+                raise ConfigError(
+                    f"max_receive_count {attributes.max_receive_count} is outside SQS's 1-{MAX_RECEIVE_COUNT}"
                 )
-            with self._translate(f"creating queue {name}"):
-                try:
-                    url = self._sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-                except ClientError as exc:
-                    if "QueueAlreadyExists" not in _code(exc) and "QueueNameExists" not in _code(exc):
-                        raise
-                    url = self._sqs.get_queue_url(QueueName=name)["QueueUrl"]
-            self._urls[name] = url
-            logger.info("created queue %s", name)
+        plain: dict[QueueAttributeNameType, str] = {
+            "VisibilityTimeout": str(int(attributes.visibility_s)),
+            "ReceiveMessageWaitTimeSeconds": str(int(attributes.wait_s)),
+            "MessageRetentionPeriod": str(int(attributes.retention_s)),
+        }
+        redrive: str | None = None
+        for name in sorted(names, key=lambda n: n != dead):  # the dead-letter queue first
+            if self._exists(name):
+                continue
+            own = dict(plain)
+            if dead is not None and name != dead:
+                redrive = redrive or self._redrive_policy(dead, attributes.max_receive_count or 0)
+                own["RedrivePolicy"] = redrive
+            with self._call("creating", name, ok=_ALREADY_EXISTS) as call:
+                self._urls[name] = self._sqs.create_queue(QueueName=name, Attributes=own)["QueueUrl"]
+            if call.swallowed:  # created concurrently with other attributes: it exists, leave it
+                self._url(name)
+            else:
+                logger.info("created queue %s", name)
+
+    def _exists(self, queue: str) -> bool:
+        try:
+            self._url(queue)
+        except NotFound:
+            return False
+        return True
+
+    def _redrive_policy(self, dead: str, max_receive_count: int) -> str:
+        try:
+            url = self._url(dead)
+        except NotFound:
+            raise NotFound(
+                f"dead-letter queue {dead!r} does not exist at {self.location}: create it first, "
+                "or ensure it together with the queues that use it"
+            ) from None
+        with self._call("reading the ARN of", dead):
+            reply = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        arn = reply["Attributes"]["QueueArn"]
+        return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count})
 
     def send(self, queue: str, body: str, delay_s: int = 0) -> str:
-        """Send one message; return its id."""
-        validate_message_body(body, MAX_MESSAGE_BYTES)
+        """Send one message and return its message id.
+
+        Raises:
+            NotFound: no such queue.
+            PayloadTooLarge: the body exceeds the queue's maximum size.
+            ValueError: a body SQS refuses, or a delay outside 0-900 s.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        validate_message_body(body)
         validate_delay(delay_s)
         url = self._url(queue)
-        with self._translate(f"sending to {queue}"):
-            return self._sqs.send_message(QueueUrl=url, MessageBody=body, DelaySeconds=delay_s)[
-                "MessageId"
-            ]
+        with self._call("sending to", queue):
+            reply = self._sqs.send_message(QueueUrl=url, MessageBody=body, DelaySeconds=int(delay_s))
+        return reply["MessageId"]
 
     def send_batch(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
-        """Send 1-10 messages in one request (failed entries are retried once)."""
+        """Send 1-10 messages in one request and return their ids, in order.
+
+        Entries SQS fails on its side are retried once.
+
+        Raises:
+            NotFound: no such queue.
+            PayloadTooLarge: over 10 entries, or over the batch's total size.
+            BackendUnavailable: some entries were still refused (the others were sent).
+        """
         validate_batch(len(messages), "send batch")
         total = 0
         for message in messages:
-            validate_message_body(message.body, MAX_MESSAGE_BYTES)
+            validate_message_body(message.body)
             validate_delay(message.delay_s)
             total += len(message.body.encode("utf-8"))
         if total > MAX_MESSAGE_BYTES:
@@ -138,100 +207,140 @@ class SqsQueues:
         url = self._url(queue)
         ids: dict[str, str] = {}
         pending = {str(i): m for i, m in enumerate(messages)}
-        for _attempt in range(2):
-            entries = [
-                {"Id": i, "MessageBody": m.body, "DelaySeconds": m.delay_s} for i, m in pending.items()
+        failed: list[Any] = []
+        for attempt in (1, 2):
+            entries: list[Any] = [
+                {"Id": i, "MessageBody": m.body, "DelaySeconds": int(m.delay_s)} for i, m in pending.items()
             ]
-            with self._translate(f"sending a batch to {queue}"):
-                reply = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
-            for ok in reply.get("Successful", []):
-                ids[ok["Id"]] = ok["MessageId"]
-                pending.pop(ok["Id"], None)
-            failed = reply.get("Failed", [])
-            if not pending or any(f.get("SenderFault") for f in failed):
+            with self._call("sending a batch to", queue):
+                reply = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
+            for sent in reply.get("Successful", []):
+                ids[sent["Id"]] = sent["MessageId"]
+            failed = list(reply.get("Failed", []))
+            if not failed or attempt == 2 or any(f.get("SenderFault") for f in failed):
                 break
-        if pending:
-            codes = sorted({str(f.get("Code")) for f in reply.get("Failed", [])})
-            raise BackendUnavailable(f"SQS refused {len(pending)} of the batch to {queue}: {codes}")
+            pending = {f["Id"]: pending[f["Id"]] for f in failed}
+        if failed:
+            listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in failed)
+            raise BackendUnavailable(
+                f"SQS at {self._client.endpoint()} refused {len(failed)} of {len(messages)} messages "
+                f"sent to queue {queue!r} ({listed}); the others were sent"
+            )
         return [ids[str(i)] for i in range(len(messages))]
 
     def receive(
-        self, queue: str, max_messages: int = 1, wait_s: float = 0, visibility_s: int | None = None
+        self,
+        queue: str,
+        max_messages: int = 1,
+        wait_s: float = 0,
+        visibility_s: int | None = None,
     ) -> list[Message]:
-        """Receive up to ``max_messages``, long-polling up to ``wait_s`` seconds."""
+        """Receive up to ``max_messages`` (1-10), long-polling up to ``wait_s`` (0-20) seconds.
+
+        Raises:
+            NotFound: no such queue.
+            PayloadTooLarge: ``max_messages`` over 10.
+            ValueError: a wait or visibility timeout outside SQS's limits.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
         validate_batch(max_messages, "receive")
         validate_wait(wait_s)
         args: dict[str, Any] = {
             "QueueUrl": self._url(queue),
             "MaxNumberOfMessages": max_messages,
-            "WaitTimeSeconds": int(math.ceil(wait_s)),
+            "WaitTimeSeconds": math.ceil(wait_s),
             "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
         }
         if visibility_s is not None:
-            args["VisibilityTimeout"] = int(validate_visibility(visibility_s))
-        with self._translate(f"receiving from {queue}"):
+            args["VisibilityTimeout"] = math.ceil(validate_visibility(visibility_s))
+        with self._call("receiving from", queue):
             reply = self._sqs.receive_message(**args)
-        return [
-            Message(
+        received = []
+        for m in reply.get("Messages", []):
+            attrs = m.get("Attributes", {})
+            received.append(Message(
                 body=m["Body"],
                 message_id=m["MessageId"],
                 receipt=m["ReceiptHandle"],
-                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
-                sent_at=int(m.get("Attributes", {}).get("SentTimestamp", 0)) / 1000,
-            )
-            for m in reply.get("Messages", [])
-        ]
-
-    def _receipt_call(self, what: str, call: Any, **args: Any) -> None:
-        try:
-            with self._translate(what):
-                call(**args)
-        except BackendUnavailable as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and "ReceiptHandle" in _code(cause):
-                raise InvalidReceipt(f"{what}: the receipt handle is not valid ({_code(cause)})") from cause
-            raise
+                receive_count=int(attrs.get("ApproximateReceiveCount", "1")),
+                sent_at=int(attrs.get("SentTimestamp", "0")) / 1000,
+            ))
+        return received
 
     def delete(self, queue: str, receipt: str) -> None:
-        """Delete one delivery."""
-        self._receipt_call(f"deleting from {queue}", self._sqs.delete_message,
-                           QueueUrl=self._url(queue), ReceiptHandle=receipt)
+        """Delete the delivery named by ``receipt``.
+
+        Raises:
+            NotFound: no such queue.
+            InvalidReceipt: SQS does not accept the receipt handle.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        url = self._url(queue)
+        with self._call("deleting a message from", queue):
+            self._sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
 
     def delete_batch(self, queue: str, receipts: Sequence[str]) -> None:
-        """Delete 1-10 deliveries in one request."""
+        """Delete 1-10 deliveries in one request.
+
+        Raises:
+            NotFound: no such queue.
+            InvalidReceipt: SQS refused some receipt handles (the others were deleted).
+            PayloadTooLarge: more than 10 receipts.
+            BackendUnavailable: SQS cannot be reached, refuses us, or failed some entries.
+        """
         validate_batch(len(receipts), "delete batch")
+        url = self._url(queue)
         entries: list[Any] = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
-        with self._translate(f"deleting a batch from {queue}"):
-            reply = self._sqs.delete_message_batch(QueueUrl=self._url(queue), Entries=entries)
-        failed = [f for f in reply.get("Failed", []) if "ReceiptHandle" not in str(f.get("Code"))]
-        if failed:
-            raise BackendUnavailable(f"SQS failed to delete {len(failed)} messages from {queue}")
+        with self._call("deleting messages from", queue):
+            reply = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+        failed = reply.get("Failed", [])
+        if not failed:
+            return
+        listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in failed)
+        if all(str(f.get("Code")).endswith(_RECEIPT_FAILURES) for f in failed):
+            raise InvalidReceipt(f"queue {queue!r} refused receipt handles ({listed})")
+        raise BackendUnavailable(
+            f"SQS at {self._client.endpoint()} could not delete messages of queue {queue!r} ({listed})"
+        )
 
     def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
-        """Make the delivery visible again ``seconds`` from now."""
+        """Make the delivery visible again after ``seconds`` (0 = now) from this moment.
+
+        Raises:
+            NotFound: no such queue.
+            InvalidReceipt: the receipt is not valid, or the message is no longer in flight.
+            ValueError: ``seconds`` outside 0 s to 12 h.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
         validate_visibility(seconds)
-        self._receipt_call(f"changing visibility in {queue}", self._sqs.change_message_visibility,
-                           QueueUrl=self._url(queue), ReceiptHandle=receipt,
-                           VisibilityTimeout=int(seconds))
+        url = self._url(queue)
+        with self._call("changing the visibility of a message in", queue):
+            self._sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
+            )
 
     def depth(self, queue: str) -> QueueDepth:
-        """Approximate waiting / in-flight / delayed counts."""
-        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-                 "ApproximateNumberOfMessagesDelayed"]
-        with self._translate(f"reading the depth of {queue}"):
-            attrs = self._sqs.get_queue_attributes(
-                QueueUrl=self._url(queue), AttributeNames=names  # type: ignore[arg-type]
-            )["Attributes"]
-        waiting, in_flight, delayed = (int(attrs.get(n, "0")) for n in names)  # type: ignore[call-overload]
+        """Return the queue's approximate message counts.
+
+        Raises:
+            NotFound: no such queue.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        url = self._url(queue)
+        with self._call("counting the messages of", queue):
+            attrs = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=_DEPTH)["Attributes"]
+        waiting, in_flight, delayed = (int(attrs.get(name, "0")) for name in _DEPTH)
         return QueueDepth(waiting, in_flight, delayed)
 
     def purge(self, queue: str) -> None:
-        """Delete every message (SQS allows one purge per queue per 60 s)."""
-        try:
-            with self._translate(f"purging {queue}"):
-                self._sqs.purge_queue(QueueUrl=self._url(queue))
-        except BackendUnavailable as exc:
-            if isinstance(exc.__cause__, ClientError) and "PurgeQueueInProgress" in _code(exc.__cause__):
-                logger.info("purge of %s already in progress", queue)
-                return
-            raise
+        """Delete every message in the queue (SQS allows one purge per queue per 60 s).
+
+        Raises:
+            NotFound: no such queue.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        url = self._url(queue)
+        with self._call("purging", queue, ok=_PURGE_IN_PROGRESS) as call:
+            self._sqs.purge_queue(QueueUrl=url)
+        if call.swallowed:
+            logger.info("a purge of queue %s is already in progress; not purging again", queue)
