@@ -73,7 +73,7 @@ class BackendSetup:
         if self.kind == "embedded":
             from remotejob.backends.local import SqliteQueues
 
-            return SqliteQueues(self.tmp / "queues.db")
+            return SqliteQueues(self.tmp / "home" / "queues.db")
         from remotejob.backends.aws import SqsQueues
 
         return SqsQueues(endpoint_url=self.sqs_endpoint)
