@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,38 @@ def test_overwrite_replaces_body_and_metadata(store: Any) -> None:
         assert obj.metadata == {"w": "2"}
         assert obj.content_type == "application/json"
     assert [(i.key, i.size) for i in store.list()] == [("o", 7)]
+
+
+def test_copy_keeps_body_metadata_and_content_type(store: Any) -> None:
+    store.put("staging/a", b"payload", {"n\u00e4me": "Caf\u00e9"}, "image/png")
+    store.put("published/a", b"old", {"x": "1"})
+
+    info = store.copy("staging/a", "published/a")
+    store.delete("staging/a")
+
+    assert (info.key, info.size) == ("published/a", 7)
+    with store.get("published/a") as obj:
+        assert obj.read() == b"payload"
+        assert obj.metadata == {"n\u00e4me": "Caf\u00e9"}
+        assert obj.content_type == "image/png"
+    assert keys_of(store) == ["published/a"]
+
+
+def test_copy_of_a_multipart_sized_object_is_intact(store: Any) -> None:
+    body = os.urandom(9 * 1024 * 1024)  # above the 8 MiB part size of server-side copies
+    store.put("big", io.BytesIO(body), {"k": "v"})
+
+    store.copy("big", "big-copy")
+
+    with store.get("big-copy") as obj:
+        assert obj.metadata == {"k": "v"}
+        assert hashlib.sha256(obj.read()).digest() == hashlib.sha256(body).digest()
+
+
+def test_copy_of_a_missing_object_is_not_found(store: Any) -> None:
+    with pytest.raises(NotFound, match="nothing-here"):
+        store.copy("nothing-here", "dst")
+    assert keys_of(store) == []
 
 
 def test_if_absent_creates_once(store: Any) -> None:

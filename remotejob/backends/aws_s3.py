@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -231,6 +232,27 @@ class S3Store:
         with self._call("reading", key):
             reply = self._s3.head_object(Bucket=self.bucket, Key=full)
         return self._info(key, reply)
+
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        """Copy an object inside the bucket, server-side (in parts above 8 MiB), keeping its
+        metadata and content type.
+
+        Raises:
+            NotFound: no object at ``source``.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        src, full = self._full(source), self._full(key)
+        with self._call("reading", source):
+            head = self._s3.head_object(Bucket=self.bucket, Key=src)
+        with self._call("copying to", key):
+            # Multipart copies do not carry metadata over by themselves, so it is given again.
+            self._s3.copy(
+                {"Bucket": self.bucket, "Key": src}, self.bucket, full,
+                ExtraArgs={"Metadata": head.get("Metadata", {}), "ContentType": head.get("ContentType")
+                           or "application/octet-stream", "MetadataDirective": "REPLACE"},
+                Config=TRANSFER,
+            )
+        return dataclasses.replace(self._info(source, head), key=key, modified=time.time())
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing key (or bucket) is fine.

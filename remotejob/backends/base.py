@@ -144,6 +144,14 @@ class ObjectStore(Protocol):
             NotFound: no such key.
         """
 
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        """Copy the object at ``source`` to ``key`` inside the store (server-side on S3), with
+        its metadata and content type; an object at ``key`` is replaced atomically.
+
+        Raises:
+            NotFound: no object at ``source``.
+        """
+
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing key is not an error."""
 

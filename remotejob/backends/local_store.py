@@ -228,6 +228,43 @@ class LocalStore:
         with self._errors(f"reading {key!r}"):
             return _info(self._row(key))
 
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        """Copy the object at ``source`` to ``key`` (a hard link to its blob where possible).
+
+        Raises:
+            NotFound: no object at ``source``.
+            InvalidKey: a key S3 would refuse.
+            BackendUnavailable: the folder or index cannot be written.
+        """
+        validate_key(source)
+        validate_key(key)
+        with self._errors(f"copying {source!r} to {key!r}"):
+            row = self._row(source)
+            blob = self._link_blob(row[1])
+            info = ObjectInfo(key, row[2], json.loads(row[3]), row[4], row[5], time.time())
+            new_row = (key.encode(), blob, row[2], row[3], row[4], row[5], info.modified)
+            try:
+                replaced = self._index(new_row, if_absent=False)
+            except BaseException:
+                self._unlink(blob)
+                raise
+            if replaced is not None:
+                self._unlink(replaced)
+            return info
+
+    def _link_blob(self, blob: str) -> str:
+        """A new blob name with the same bytes as ``blob`` (blobs are never modified in place)."""
+        name = secrets.token_hex(16)
+        try:
+            os.link(self._blobs / blob, self._blobs / name)
+        except FileNotFoundError:
+            raise NotFound(f"the object was replaced while being copied in {self.location}") from None
+        except OSError:  # a file system without hard links
+            with open(self._blobs / blob, "rb") as source:
+                return self._write_blob(source)[0]
+        _fsync_folder(self._blobs)
+        return name
+
     def _row(self, key: str) -> _Row:
         conn = self._db.connection()
         row = conn.execute(_SELECT, (key.encode(),)).fetchone()
