@@ -9,6 +9,7 @@
 """
 
 from .backends.base import StoredObject
+from .envelope import DeadLetter
 from .errors import (
     AlreadyExists,
     BackendUnavailable,
@@ -24,8 +25,10 @@ from .errors import (
     UnknownStatus,
     WaitTimeout,
 )
-from .job import Job, JobStatus, Output
+from .job import Job
 from .queue import Queue, connect
+from .status import JobStatus, Output
+from .worker import Handler, Worker
 
 __version__ = "0.1.0"
 
@@ -33,9 +36,11 @@ __all__ = [
     "AlreadyExists",
     "BackendUnavailable",
     "ConfigError",
+    "DeadLetter",
     "EnvelopeError",
     "InvalidKey",
     "InvalidReceipt",
+    "Handler",
     "Job",
     "JobFailed",
     "JobStatus",
@@ -48,6 +53,7 @@ __all__ = [
     "StoredObject",
     "UnknownStatus",
     "WaitTimeout",
+    "Worker",
     "__version__",
     "connect",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +20,9 @@ from typing import Any
 import click
 
 from . import errors
-from .job import JobStatus
 from .queue import Queue, connect
-from .worker import Handler, work
+from .status import JobStatus
+from .worker import Handler, Worker, work
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 
@@ -53,8 +54,8 @@ class Context:
     def __init__(self, name: str, store: str | None, queues: str | None, debug: bool) -> None:
         self.name, self.store, self.queues, self.debug = name, store, queues, debug
 
-    def connect(self) -> Queue:
-        return connect(self.name, store=self.store, queues=self.queues)
+    def connect(self, **options: Any) -> Queue:
+        return connect(self.name, store=self.store, queues=self.queues, **options)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -157,20 +158,42 @@ def _load_handler(target: str) -> Handler:
 @main.command()
 @click.argument("target", metavar="MODULE:FUNCTION")
 @click.option("--status", default="pending", show_default=True, help="Status queue to serve.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Handlers running at once (threads).")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Exit after N jobs.")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Attempts before a job is recorded failed and dead-lettered (set on queue creation).")
+@click.option("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Backoff before the first retry, in seconds; doubles per attempt.")
+@click.option("--grace-period", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running jobs get to finish after SIGTERM/SIGINT.")
 @pass_context
-def worker(ctx: Context, target: str, status: str, burst: bool, max_jobs: int | None) -> None:
+def worker(
+    ctx: Context, target: str, status: str, concurrency: int, burst: bool, max_jobs: int | None,
+    max_attempts: int, retry_delay: float, grace_period: float,
+) -> None:
     """Run a Python handler on each job: FUNCTION(job) returns output assets or None.
+
+    SIGTERM or Ctrl-C stops taking jobs and lets running ones finish within the grace period;
+    a second one stops at once. Unfinished jobs become visible to other workers immediately.
 
     \b
     Example:
-      remotejob worker thumbnails:make_thumbnail --burst
+      remotejob worker thumbnails:make_thumbnail --concurrency 8 --burst
     """
     handler = _load_handler(target)
     with _expected_errors(ctx.debug):
-        count = work(ctx.connect(), handler, status=status, burst=burst, max_jobs=max_jobs)
+        runner = Worker(
+            ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
+            max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
+            max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
+        )
+        count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
+    if runner.interrupted:
+        sys.stderr.flush()
+        os._exit(130)  # handler threads still running must not keep the process alive
 
 
 def _status_doc(st: JobStatus) -> dict[str, Any]:

@@ -2,7 +2,12 @@
 
 ``{"v": 1, "kind": "job", "job": id, "key": key, "meta": {...}, "status": s, "sent": t}``;
 a completion notice (``kind: "notice"``) adds ``"state"`` and, for a failed job, ``"error"``.
-Decoding is bounded and validates every field; anything else raises :class:`EnvelopeError`.
+A pipeline stage's job adds ``"input"`` (the store key of the previous stage's output it reads)
+and ``"outputs"`` (the earlier stages' outputs). Decoding is bounded and validates every field;
+anything else raises :class:`EnvelopeError`.
+
+A message moved to the dead-letter queue by remotejob is wrapped with the reason
+(:func:`wrap_dead`); one moved there by a queue's redrive policy arrives as it was.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class Envelope:
     kind: str = "job"
     state: str | None = None
     error: str | None = None
+    input: str | None = None
+    """The store key of the input when it is not ``in/<key>`` (a pipeline stage's)."""
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Outputs of earlier pipeline stages, as their records list them."""
 
 
 def encode(envelope: Envelope) -> str:
@@ -49,6 +58,10 @@ def encode(envelope: Envelope) -> str:
         doc["state"] = envelope.state
     if envelope.error is not None:
         doc["error"] = envelope.error
+    if envelope.input is not None:
+        doc["input"] = envelope.input
+    if envelope.outputs:
+        doc["outputs"] = envelope.outputs
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -101,9 +114,18 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError(f"notice state {state!r} must be one of {_STATES}")
     if error is not None and not isinstance(error, str):
         raise EnvelopeError("field 'error' must be a string")
+    source, outputs = doc.get("input"), doc.get("outputs", {})
+    if source is not None and (not isinstance(source, str) or not source.startswith(("in/", "out/"))):
+        raise EnvelopeError("field 'input' must be a key under in/ or out/")
+    if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
+        raise EnvelopeError("field 'outputs' must map asset names to objects")
     try:
         validate_key(fields["job"])
         validate_key(fields["key"])
+        if source is not None:
+            validate_key(source)
+        for name in outputs:
+            validate_key(name)
         meta = validate_metadata(meta)
     except (InvalidKey, MetadataError) as exc:
         raise EnvelopeError(f"invalid envelope: {exc}") from exc
@@ -116,4 +138,55 @@ def decode(body: str) -> Envelope:
         kind=kind,
         state=state if kind == "notice" else None,
         error=error,
+        input=source,
+        outputs=outputs,
     )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in the dead-letter queue: the original body and why it is there."""
+
+    body: str
+    """The message exactly as it was in its status queue."""
+    reason: str
+    source: str | None
+    """The queue it came from, when remotejob moved it (None after a redrive policy moved it)."""
+    message_id: str = ""
+    receive_count: int = 0
+    """How often the dead-letter message itself has been received (listing counts too)."""
+    job: str | None = None
+    """The job id, when the body is a remotejob envelope."""
+    status: str | None = None
+    """The status queue the job was in, when the body is a remotejob envelope."""
+
+
+def wrap_dead(body: str, source: str, reason: str) -> str:
+    """The dead-letter message for ``body``: the body and the reason, so both survive the move.
+
+    A body too large to wrap keeps its first part, flagged ``"truncated"``.
+    """
+    doc: dict[str, Any] = {"v": VERSION, "kind": "dead", "source": source, "reason": reason[:1000]}
+    room = MAX_MESSAGE_BYTES - 4096
+    if len(body.encode("utf-8")) * 2 > room:  # JSON escaping at most doubles a typical body
+        body, doc["truncated"] = body[: room // 12], True
+    doc["body"] = body
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+
+def unwrap_dead(text: str, message_id: str = "", receive_count: int = 0) -> DeadLetter:
+    """Read a dead-letter queue message: a :func:`wrap_dead` wrapper or a raw moved message."""
+    body, reason, source = text, "received more times than the queue's redrive policy allows", None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (ValueError, RecursionError, EnvelopeError):
+        doc = None
+    if isinstance(doc, dict) and doc.get("kind") == "dead" and isinstance(doc.get("body"), str):
+        body, reason, source = doc["body"], str(doc.get("reason", "")), str(doc.get("source") or "") or None
+    job = status = None
+    try:
+        envelope = decode(body)
+        job, status = envelope.job, envelope.status
+    except EnvelopeError:
+        pass
+    return DeadLetter(body, reason, source, message_id, receive_count, job, status)

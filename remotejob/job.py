@@ -1,160 +1,87 @@
-"""A job as a worker holds it, and the status records that say where a job stands.
+"""A job as a worker holds it: its input, its delivery, and how its outcome is recorded.
 
-Status records are small JSON objects under ``jobs/<job-id>/`` (see ``keys.py``):
-
-- ``queued``: written by trigger(); the job exists and waits in a status queue;
-- ``progress``: written when a worker takes the job (worker, attempt, started);
-- ``final``: created once (a conditional write) when the job completes or fails, naming the
-  attempt that finished it and each output with its SHA-256 and size.
-
-``status()`` reads the final record first, so a finished job never looks unfinished.
+Completing a job follows ``completion.py`` (stage, claim, publish), then delivers the outcome's
+consequences (the completion notice, the next pipeline stage, the dead-letter queue) and only
+then deletes the message, so a crash at any point leaves a message that a later delivery can
+finish from the record, without running the handler again.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import keys
-from .bodies import Entry, copy_to_file, open_body, parse_entry
-from .envelope import Envelope
-from .errors import AlreadyExists, RemoteJobError
+from . import completion, keys
+from .backends.base import Message
+from .bodies import Entry, copy_to_file, parse_entry
+from .envelope import Envelope, wrap_dead
+from .errors import AlreadyExists, InvalidReceipt, NotFound
+from .status import JobStatus, decode_status, error_text, worker_id
 
 if TYPE_CHECKING:
     from .queue import Queue
 
-STATES = ("pending", "inprogress", "completed", "failed")
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True)
-class Output:
-    """One output asset of a finished job, as its final record lists it."""
-
-    name: str
-    size: int
-    sha256: str
-    content_type: str
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """Where a job stands, as ``Queue.status()`` reads it from the job's status records."""
-
-    id: str
-    state: str
-    """One of ``pending``, ``inprogress``, ``completed``, ``failed``."""
-    status: str
-    """The status queue the job was last sent to."""
-    created: float
-    """When the job was triggered, seconds since the epoch."""
-    updated: float
-    """When its latest record was written."""
-    error: str | None = None
-    outputs: list[str] = field(default_factory=list)
-    """Names of the output assets, e.g. ``["output", "stderr"]``."""
-    assets: dict[str, Output] = field(default_factory=dict)
-    worker: str | None = None
-    attempt: int | None = None
-    """The delivery count of the attempt that took (or finished) the job."""
-
-    @property
-    def done(self) -> bool:
-        """True once the job is completed or failed."""
-        return self.state in ("completed", "failed")
-
-
-def encode_record(doc: Mapping[str, Any]) -> bytes:
-    """Serialise a status record."""
-    return json.dumps({"v": 1, **doc}, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def decode_status(job_id: str, raw: bytes) -> JobStatus:
-    """Parse a status record into a :class:`JobStatus`.
-
-    Raises:
-        RemoteJobError: the record is not one of ours.
-    """
-    try:
-        doc = json.loads(raw)
-        assets = {
-            name: Output(name, int(a["size"]), str(a["sha256"]), str(a["content_type"]))
-            for name, a in doc.get("outputs", {}).items()
-        }
-        state = doc["state"]
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}")
-        return JobStatus(
-            id=job_id,
-            state=state,
-            status=str(doc["status"]),
-            created=float(doc["created"]),
-            updated=float(doc["updated"]),
-            error=doc.get("error"),
-            outputs=list(assets),
-            assets=assets,
-            worker=doc.get("worker"),
-            attempt=doc.get("attempt"),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc
-
-
-def error_text(error: BaseException | str) -> str:
-    """How an error is recorded: ``"ValueError: bad input"`` for an exception, else the text."""
-    if isinstance(error, BaseException):
-        text = str(error)
-        return f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return str(error)
+logger = logging.getLogger(__name__)
 
 
 class Job:
-    """One delivery of a job, as returned by ``Queue.next()``.
+    """One delivery of a job, as returned by ``Queue.next()`` or passed to a worker's handler.
 
     Attributes:
-        id: the job id (also its input key); stable across deliveries and stages.
+        id: the job id (also its input key); stable across deliveries and pipeline stages.
         key: the input key under ``in/``.
         metadata: the input's metadata, as stored.
         status: the status queue this delivery came from.
         message_id: the queue message's id.
         receipt: this delivery's receipt handle (a new one on every delivery).
         receive_count: how many times the message has been delivered, this time included.
+        attempt_id: this delivery's attempt, as the final record names the winning one.
         state: for a completion notice (from the ``completed`` queue), ``completed`` or
             ``failed``; None for a job to run.
         error: for a notice of a failed job, its error.
     """
 
-    def __init__(
-        self,
-        queue: Queue,
-        envelope: Envelope,
-        message_id: str,
-        receipt: str,
-        receive_count: int,
-    ) -> None:
+    def __init__(self, queue: Queue, envelope: Envelope, message: Message) -> None:
         self.queue = queue
         self.id = envelope.job
         self.key = envelope.key
         self.metadata = dict(envelope.meta)
         self.status = envelope.status
         self.created = envelope.sent
-        self.message_id = message_id
-        self.receipt = receipt
-        self.receive_count = receive_count
+        self.message_id = message.message_id
+        self.receipt = message.receipt
+        self.receive_count = message.receive_count
         self.state = envelope.state
         self.error = envelope.error
         self.attempt_id = uuid.uuid4().hex
+        self.started = time.time()
+        self._envelope = envelope
+        self._body = message.body
         self._acknowledged = False
+        self._finished = False
+        self._lock = threading.Lock()
+        self.progress_recorded = False
+        self.lease_lost = False
+        """Set when a heartbeat found the delivery gone: another attempt may be running."""
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, status={self.status!r}, receive_count={self.receive_count})"
+
+    @property
+    def input_key(self) -> str:
+        """The store key of this stage's input: ``in/<key>``, or the previous stage's output."""
+        return self._envelope.input or keys.input_key(self.key)
+
+    @property
+    def finished(self) -> bool:
+        """True once this delivery's outcome was recorded (or found recorded by another)."""
+        return self._finished
 
     def open(self) -> BinaryIO:
         """Open the job's input body as a binary stream (close it when done).
@@ -162,11 +89,11 @@ class Job:
         Raises:
             NotFound: the input was removed.
         """
-        return self.queue.retrieve("in", self.key).open()
+        return self.queue.object_store.get(self.input_key).open()
 
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Stream the job's input body into ``path`` (written atomically) and return the path."""
-        with self.queue.retrieve("in", self.key) as obj:
+        with self.queue.object_store.get(self.input_key) as obj:
             copy_to_file(obj.open(), path)
         return Path(path)
 
@@ -179,7 +106,11 @@ class Job:
         self._acknowledged = True
 
     def extend(self, seconds: int) -> None:
-        """Keep this delivery invisible for ``seconds`` more from now (0 makes it visible)."""
+        """Keep this delivery invisible for ``seconds`` more from now (0 makes it visible).
+
+        Raises:
+            InvalidReceipt: the delivery is gone (deleted, or received again elsewhere).
+        """
         self.queue.message_queue.change_visibility(
             keys.queue_name(self.queue.name, self.status), self.receipt, seconds
         )
@@ -188,79 +119,214 @@ class Job:
         self,
         error: BaseException | str | None = None,
         assets: Sequence[Mapping[str, Any]] | None = None,
+        next_status: str | None = None,
+        next_input: str | None = None,
     ) -> JobStatus:
-        """Record the job's outcome, store its output assets and remove its message.
+        """Record the job's outcome, publish its output assets and remove its message.
 
         Each asset is a mapping like ``store()``'s: ``{"key": "output", "filename": "cat.png",
         "body": png_bytes}``; ``key`` defaults to the file name, other entries are metadata.
         Assets land under ``out/<job-id>/<key>``. With ``error`` (an exception or a message)
-        the job is recorded ``failed`` with that error; assets are stored either way. Then a
-        notice goes to the ``completed`` status queue, if configured, and the delivery is
-        deleted.
+        the job is recorded ``failed`` with that error. Then a notice goes to the ``completed``
+        status queue, if configured, and the delivery is deleted.
+
+        With ``next_status`` the job is handed on instead: this stage's assets are published,
+        and the job (same id) goes to that status queue with the asset ``next_input`` (default:
+        ``output``, or the only asset; with no assets, this stage's input) as its input.
+
+        Effectively once: if another attempt already recorded this stage's outcome, that
+        outcome stands, this attempt's assets are discarded and ``AlreadyExists`` is raised.
 
         Raises:
-            ValueError: this is a completion notice, or assets are malformed (nothing is written).
-            AlreadyExists: another attempt already finished this job (its record stands).
+            ValueError: this is a completion notice, it was completed already, or the assets
+                are malformed (nothing is written).
+            UnknownStatus: ``next_status`` is not configured.
+            AlreadyExists: another attempt already finished this stage (its record stands).
         """
         if self.state is not None:
             raise ValueError("this is a completion notice: call acknowledge() to consume it")
-        prepared = [_check_asset(self.id, asset) for asset in assets or ()]
-        names = [str(entry.key) for entry in prepared]
+        if self._finished:
+            raise ValueError(f"job {self.id!r} was already completed by this delivery")
+        entries = _check_assets(self.id, assets or ())
+        names = [str(e.key) for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"asset names must be unique, got {names}")
-        outputs: dict[str, dict[str, Any]] = {}
-        for name, entry in zip(names, prepared, strict=True):
-            with open_body(entry.body, f"asset {name!r}") as stream:
-                self.queue.object_store.put(
-                    keys.output_key(self.id, name), stream.body, entry.metadata, entry.content_type
-                )
-                outputs[name] = {
-                    "size": stream.size,
-                    "sha256": stream.sha256,
-                    "content_type": entry.content_type,
-                }
+        if clash := sorted(set(names) & set(self._envelope.outputs)):
+            raise ValueError(f"assets {clash} were published by an earlier stage: name them otherwise")
+        handed: str | None = None
+        if next_status is not None:
+            if error is not None:
+                raise ValueError("a failed job cannot be handed on: drop next_status or error")
+            self.queue._status_queue(next_status)
+            handed = _handed_asset(names, next_input)
+        return self._finish(error, entries, next_status, handed)
+
+    def _finish(
+        self,
+        error: BaseException | str | None,
+        entries: Sequence[Entry],
+        next_status: str | None = None,
+        handed: str | None = None,
+        dead_reason: str | None = None,
+    ) -> JobStatus:
+        store = self.queue.object_store
+        outputs = completion.stage(store, self.id, self.attempt_id, entries)
+        for doc in outputs.values():
+            doc["stage"] = self.status
         now = time.time()
-        state = "failed" if error is not None else "completed"
-        error_message = None if error is None else error_text(error)
-        record = {
+        record: dict[str, Any] = {
             "job": self.id,
-            "state": state,
+            "state": "failed" if error is not None else "completed",
             "status": self.status,
             "created": self.created,
             "updated": now,
-            "error": error_message,
-            "outputs": outputs,
-            "worker": WORKER_ID,
+            "started": self.started,
+            "error": None if error is None else error_text(error),
+            "outputs": {**self._envelope.outputs, **outputs},
+            "worker": worker_id(),
             "attempt": self.receive_count,
             "attempt_id": self.attempt_id,
         }
-        self._claim(record)
-        self.queue._notify_done(self, state, error_message)
-        if not self._acknowledged:
-            self.acknowledge()
-        return decode_status(self.id, encode_record(record))
-
-    def _claim(self, record: Mapping[str, Any]) -> None:
-        key = keys.record_key(self.id, "final")
-        try:
-            self.queue.object_store.put(
-                key, encode_record(record), content_type="application/json", if_absent=True
+        if next_status is not None:
+            record.update(state="handed", next=next_status, input=_next_input(self, handed))
+        if dead_reason is not None:
+            record["dead"] = dead_reason
+        winner = completion.claim(store, self._claim_key(next_status), record)
+        with self._lock:
+            self._finished = True
+        if winner is not None:
+            completion.discard(store, self.id, self.attempt_id, outputs)
+            wrote = completion.publish(store, self.id, winner, check=True)
+            self._deliver(winner, notify=wrote, stale_ok=True)
+            raise AlreadyExists(
+                f"job {self.id!r} was already finished by another attempt "
+                f"({winner.get('state')}); its record stands"
             )
-        except AlreadyExists:
-            with self.queue.object_store.get(key) as existing:
-                doc = json.loads(existing.read())
-            if doc.get("attempt_id") != self.attempt_id:
-                raise AlreadyExists(
-                    f"job {self.id!r} was already finished by another attempt "
-                    f"({doc.get('state')}); its record stands"
-                ) from None
+        completion.publish(store, self.id, record, check=False)
+        self._deliver(record, notify=True, stale_ok=False)
+        if next_status is not None:
+            return JobStatus(self.id, "pending", next_status, self.created, now)
+        return decode_status(self.id, completion.encode_record(record))
+
+    def _claim_key(self, next_status: str | None) -> str:
+        if next_status is not None:
+            return keys.handoff_key(self.id, self.status)
+        return keys.record_key(self.id, "final")
+
+    def record_progress(self) -> None:
+        """Write the job's ``inprogress`` record (once, and never after its outcome)."""
+        with self._lock:
+            if not self._finished and not self.progress_recorded:
+                self.queue._record_progress(self)
+
+    def finish_if_done(self) -> bool:
+        """If this stage's outcome is recorded already, finish what its winner may have left
+        undone (publishing, notice, next stage), drop this delivery and return True.
+        """
+        store = self.queue.object_store
+        record = completion.read_record(store, keys.record_key(self.id, "final"))
+        if record is None:
+            record = completion.read_record(store, keys.handoff_key(self.id, self.status))
+        if record is None:
+            return False
+        self._finished = True
+        if record.get("status") != self.status:  # a later stage finished the whole job
+            self._drop(stale_ok=True)
+            return True
+        completion.publish(store, self.id, record, check=True)
+        # The message came back, so the winner died before deleting it, maybe before notifying.
+        self._deliver(record, notify=True, stale_ok=True)
+        return True
+
+    def _deliver(self, record: Mapping[str, Any], *, notify: bool, stale_ok: bool) -> None:
+        queue = self.queue
+        next_status = record.get("next")
+        if next_status is not None:
+            queue._hand_on(self._envelope, str(next_status), record)
+            if self.progress_recorded:
+                queue.object_store.delete(keys.record_key(self.id, "progress"))
+        elif notify:
+            queue._notify_done(self, str(record["state"]), record.get("error"), record.get("outputs"))
+        if record.get("dead"):
+            dead = keys.dead_letter_name(queue.name)
+            queue.message_queue.send(dead, wrap_dead(self._body, self.status, str(record["dead"])))
+        self._drop(stale_ok=stale_ok)
+
+    def _drop(self, *, stale_ok: bool) -> None:
+        if self._acknowledged:
+            return
+        try:
+            self.acknowledge()
+        except (InvalidReceipt, NotFound):
+            if not stale_ok:
+                raise
+            logger.info("job %s: this delivery was already gone", self.id)
+
+    def release(self, delay_s: int = 0) -> None:
+        """Give the delivery back: visible again after ``delay_s`` seconds (0: at once).
+
+        A worker retries a failed attempt this way, so the message's receive count goes on
+        counting towards the dead-letter queue.
+        """
+        try:
+            self.extend(delay_s)
+        except (InvalidReceipt, NotFound):
+            logger.info("job %s: the delivery was already gone when released", self.id)
 
 
-def _check_asset(job_id: str, asset: Mapping[str, Any]) -> Entry:
-    if isinstance(asset, Mapping) and not asset.get("key") and asset.get("filename"):
-        asset = {**asset, "key": os.path.basename(str(asset["filename"]))}
-    entry = parse_entry(asset, "asset")
-    if not entry.key:
-        raise ValueError("an asset needs a 'key' (its name) or a 'filename'")
-    keys.output_key(job_id, entry.key)
-    return entry
+def _check_assets(job_id: str, assets: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    entries = []
+    for asset in assets:
+        if isinstance(asset, Mapping) and not asset.get("key") and asset.get("filename"):
+            asset = {**asset, "key": os.path.basename(str(asset["filename"]))}
+        entry = parse_entry(asset, "asset")
+        if not entry.key:
+            raise ValueError("an asset needs a 'key' (its name) or a 'filename'")
+        keys.output_key(job_id, entry.key)
+        entries.append(entry)
+    return entries
+
+
+def _handed_asset(names: Sequence[str], next_input: str | None) -> str | None:
+    if next_input is not None:
+        if next_input not in names:
+            raise ValueError(f"next_input {next_input!r} is not one of the assets {list(names)}")
+        return next_input
+    if not names:
+        return None
+    if "output" in names:
+        return "output"
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(f"several assets {list(names)}: name the one to hand on with next_input=")
+
+
+def _next_input(job: Job, handed: str | None) -> str:
+    return job.input_key if handed is None else keys.output_key(job.id, handed)
+
+
+def progress_record(job: Job) -> bytes:
+    """The ``progress`` record of a running job."""
+    return completion.encode_record({
+        "job": job.id,
+        "state": "inprogress",
+        "status": job.status,
+        "created": job.created,
+        "updated": time.time(),
+        "started": job.started,
+        "worker": worker_id(),
+        "attempt": job.receive_count,
+    })
+
+
+def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> Envelope:
+    """The envelope that hands a job on to ``status`` after the stage that wrote ``record``."""
+    return Envelope(
+        job=envelope.job,
+        key=envelope.key,
+        status=status,
+        sent=float(record["created"]),
+        meta=envelope.meta,
+        input=str(record["input"]),
+        outputs=completion.public_outputs(record.get("outputs") or {}),
+    )

@@ -7,6 +7,11 @@ One job system keeps everything in one bucket/prefix (or folder)::
     jobs/<job-id>/queued         the job's status records (see ``job.py``)
     jobs/<job-id>/progress
     jobs/<job-id>/final
+    jobs/<job-id>/handoff-<status>         a pipeline stage's create-once record
+    jobs/<job-id>/attempts/<attempt>/<asset>   an attempt's staged outputs (see ``completion.py``)
+
+Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
+published outputs.
 
 and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``.
 """
@@ -57,6 +62,21 @@ def record_key(job_id: str, record: str) -> str:
     if record not in RECORDS:
         raise ValueError(f"unknown status record {record!r}")
     return validate_key(f"jobs/{validate_key(job_id)}/{record}")
+
+
+def handoff_key(job_id: str, status: str) -> str:
+    """The create-once record of a pipeline stage that handed the job on from ``status``."""
+    return validate_key(f"jobs/{validate_key(job_id)}/handoff-{status}")
+
+
+def staging_key(job_id: str, attempt_id: str, asset: str) -> str:
+    """Where one attempt stages an output asset before its claim is settled."""
+    return validate_key(f"jobs/{validate_key(job_id)}/attempts/{attempt_id}/{validate_key(asset)}")
+
+
+def staging_prefix(job_id: str, attempt_id: str) -> str:
+    """The prefix of everything one attempt staged."""
+    return f"jobs/{validate_key(job_id)}/attempts/{attempt_id}/"
 
 
 def queue_name(name: str, status: str) -> str:

@@ -11,15 +11,28 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config, keys
 from .backends.base import MessageQueue, ObjectStore, QueueAttributes, StoredObject
 from .bodies import Entry, open_body, parse_entry
-from .envelope import Envelope, decode, encode
-from .errors import ConfigError, EnvelopeError, JobFailed, NotFound, UnknownStatus, WaitTimeout
-from .job import WORKER_ID, Job, JobStatus, decode_status, encode_record
+from .completion import encode_record, public_outputs
+from .envelope import DeadLetter, Envelope, decode, encode, wrap_dead
+from .errors import (
+    AlreadyExists,
+    ConfigError,
+    EnvelopeError,
+    JobFailed,
+    NotFound,
+    UnknownStatus,
+    WaitTimeout,
+)
+from .job import Job, next_stage, progress_record
 from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_key, validate_queue_name
+from .status import JobStatus, decode_status
+
+if TYPE_CHECKING:
+    from .worker import Handler
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +53,7 @@ class Queue:
         statuses: Sequence[str] = DEFAULT_STATUSES,
         visibility_timeout: int = 30,
         wait_time: int = 20,
+        max_attempts: int = 5,
     ) -> None:
         self.name = validate_queue_name(name)
         if isinstance(statuses, str) or not statuses:
@@ -56,8 +70,11 @@ class Queue:
             raise ConfigError(
                 f"visibility_timeout must be 0-{MAX_VISIBILITY_S} seconds, got {visibility_timeout}"
             )
+        if type(max_attempts) is not int or not 0 < max_attempts <= 1000:
+            raise ConfigError(f"max_attempts must be 1-1000 (SQS's redrive range), got {max_attempts!r}")
         self.visibility_timeout = visibility_timeout
         self.wait_time = wait_time
+        self.max_attempts = max_attempts
         self.object_store = object_store
         self.message_queue = message_queue
         self._ensured = False
@@ -92,7 +109,10 @@ class Queue:
         with self._lock:
             if not self._ensured:
                 attributes = QueueAttributes(
-                    visibility_s=self.visibility_timeout, wait_s=self.wait_time
+                    visibility_s=self.visibility_timeout,
+                    wait_s=self.wait_time,
+                    dead_letter=keys.dead_letter_name(self.name),
+                    max_receive_count=self.max_attempts,
                 )
                 self.message_queue.ensure(self._queue_names(), attributes)
                 self._ensured = True
@@ -177,9 +197,21 @@ class Queue:
         now = time.time()
         record = {"job": key, "state": "pending", "status": status, "created": now, "updated": now}
         record_key = keys.record_key(key, "queued")
-        self.object_store.put(record_key, encode_record(record), content_type="application/json")
+        try:
+            self.object_store.put(
+                record_key, encode_record(record), content_type="application/json", if_absent=True
+            )
+        except AlreadyExists:
+            raise AlreadyExists(
+                f"job {key!r} was triggered before, and a job id runs once: store the input under "
+                "a new key (store() without 'key' makes one) to run it again"
+            ) from None
         envelope = Envelope(job=key, key=key, status=status, sent=now, meta=dict(meta))
-        self.message_queue.send(queue, encode(envelope))
+        try:
+            self.message_queue.send(queue, encode(envelope))
+        except BaseException:
+            self.object_store.delete(record_key)
+            raise
         return key
 
     def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
@@ -206,7 +238,7 @@ class Queue:
                 except EnvelopeError as exc:
                     self._dead_letter(queue, message.body, message.receipt, str(exc))
                     continue
-                job = Job(self, envelope, message.message_id, message.receipt, message.receive_count)
+                job = Job(self, envelope, message)
                 if envelope.kind == "job":
                     self._record_progress(job)
                 return job
@@ -214,33 +246,86 @@ class Queue:
                 return None
 
     def _record_progress(self, job: Job) -> None:
-        now = time.time()
-        record = {
-            "job": job.id,
-            "state": "inprogress",
-            "status": job.status,
-            "created": job.created,
-            "updated": now,
-            "worker": WORKER_ID,
-            "attempt": job.receive_count,
-        }
         self.object_store.put(
-            keys.record_key(job.id, "progress"), encode_record(record), content_type="application/json"
+            keys.record_key(job.id, "progress"), progress_record(job), content_type="application/json"
         )
+        job.progress_recorded = True
 
     def _dead_letter(self, queue: str, body: str, receipt: str, reason: str) -> None:
         logger.warning("moving an undecodable message from %s to the dead-letter queue: %s", queue, reason)
-        self.message_queue.send(keys.dead_letter_name(self.name), body)
+        self.message_queue.send(keys.dead_letter_name(self.name), wrap_dead(body, queue, reason))
         self.message_queue.delete(queue, receipt)
 
-    def _notify_done(self, job: Job, state: str, error: str | None) -> None:
+    def _notify_done(
+        self, job: Job, state: str, error: str | None, outputs: Mapping[str, Any] | None = None
+    ) -> None:
         if "completed" not in self.statuses or job.status == "completed":
             return
         notice = Envelope(
             job=job.id, key=job.key, status="completed", sent=time.time(), meta=job.metadata,
-            kind="notice", state=state, error=error,
+            kind="notice", state=state, error=error, outputs=public_outputs(outputs or {}),
         )
         self.message_queue.send(self._status_queue("completed"), encode(notice))
+
+    def _hand_on(self, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
+        now = time.time()
+        queued = {"job": envelope.job, "state": "pending", "status": status,
+                  "created": record["created"], "updated": now}
+        self.object_store.put(
+            keys.record_key(envelope.job, "queued"), encode_record(queued), content_type="application/json"
+        )
+        self.message_queue.send(self._status_queue(status), encode(next_stage(envelope, status, record)))
+
+    def _requeue(self, job_id: str, status: str, body: str) -> None:
+        now = time.time()
+        created = decode(body).sent
+        queued = {"job": job_id, "state": "pending", "status": status, "created": created, "updated": now}
+        self.object_store.put(
+            keys.record_key(job_id, "queued"), encode_record(queued), content_type="application/json"
+        )
+        self.message_queue.send(self._status_queue(status), body)
+
+    # -- dead letters and workers ----------------------------------------------------------
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """List the messages in the dead-letter queue ``<name>-dead`` (they stay there).
+
+        Each :class:`~remotejob.DeadLetter` has the original ``body``, the ``reason`` it was
+        moved, and its ``job`` id and ``status`` when it is a job.
+        """
+        from .dead import list_dead
+
+        return list_dead(self, limit)
+
+    def redrive(self, limit: int | None = None) -> int:
+        """Send dead-lettered jobs back to their status queues; return how many were sent.
+
+        A job recorded ``failed`` is reopened so a (fixed) worker can run it again; messages
+        that are not jobs of a configured status stay in the dead-letter queue.
+        """
+        from .dead import redrive
+
+        return redrive(self, limit)
+
+    def work(
+        self,
+        handler: Handler,
+        status: str = "pending",
+        concurrency: int = 1,
+        max_jobs: int | None = None,
+        burst: bool = False,
+        **options: Any,
+    ) -> int:
+        """Run a worker on ``status`` in this thread until stopped; return the jobs it ran.
+
+        See :class:`remotejob.Worker` for the options (``grace_period``, ``retry_delay``...).
+        """
+        from .worker import Worker
+
+        worker = Worker(
+            self, handler, status=status, concurrency=concurrency, max_jobs=max_jobs, burst=burst, **options
+        )
+        return worker.run()
 
     def _remove_job(self, status: str, receipt: str) -> None:
         """Delete a delivery from a status queue by its receipt handle (the seed's hidden call)."""
@@ -297,6 +382,7 @@ def connect(
     statuses: Sequence[str] = DEFAULT_STATUSES,
     visibility_timeout: int = 30,
     wait_time: int = 20,
+    max_attempts: int = 5,
     home: str | os.PathLike[str] | None = None,
     endpoint_url: str | None = None,
 ) -> Queue:
@@ -311,6 +397,8 @@ def connect(
         statuses: the status queues, in pipeline order.
         visibility_timeout: seconds a taken job stays invisible to other workers.
         wait_time: the long-poll wait of one receive, 0-20 seconds.
+        max_attempts: deliveries of a job before it is recorded failed and dead-lettered (the
+            queues' redrive policy, set when they are created).
         home: the embedded backend's folder (default ``$REMOTEJOB_HOME`` or ``./.remotejob``).
         endpoint_url: an S3/SQS-compatible endpoint for both services (else the AWS chain's).
 
@@ -326,4 +414,5 @@ def connect(
         statuses=statuses,
         visibility_timeout=visibility_timeout,
         wait_time=wait_time,
+        max_attempts=max_attempts,
     )

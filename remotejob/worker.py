@@ -1,40 +1,305 @@
-"""The worker loop: take jobs from a status queue, run a handler, record the outcome.
+"""The worker: take jobs from a status queue, run a handler on each, record the outcome.
 
 A handler takes a :class:`~remotejob.Job` and returns its output assets (a list of mappings like
-``Job.complete()``'s) or None. A handler that raises records the job as failed with the error.
+``Job.complete()``'s) or None, or completes the job itself (e.g. to hand it on to a pipeline's
+next status). The worker deletes a job's message only once its outcome is recorded; while the
+handler runs, a heartbeat keeps the message invisible. A handler that raises is retried with
+exponential backoff by delaying the same message, up to the queue's ``max_attempts``; after the
+last attempt the job is recorded failed and its message moves to the dead-letter queue.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
+import signal
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any
 
-from .errors import AlreadyExists
+from .backends.base import Message
+from .envelope import decode
+from .errors import AlreadyExists, ConfigError, EnvelopeError, RemoteJobError
 from .job import Job
+from .lease import Heartbeat
+from .limits import MAX_VISIBILITY_S
 from .queue import Queue
+from .status import error_text
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Job], Sequence[Mapping[str, Any]] | None]
 
-BURST_WAIT_S = 1.0
+BURST_WAIT_S = 1
 """How long a burst worker long-polls before it decides the queue is empty."""
+_ERROR_PAUSE_S = 5.0
+"""How long the worker waits after the queue could not be reached before it tries again."""
 
 
-def process(job: Job, handler: Handler) -> None:
-    """Run ``handler`` on one job and complete the job with its assets or its error."""
-    try:
+class Worker:
+    """Runs ``handler`` on the jobs of one status queue, ``concurrency`` at a time.
+
+    Example::
+
+        def handler(job: remotejob.Job) -> list[dict[str, object]]:
+            with job.open() as src:
+                return [{"key": "output", "body": src.read().upper()}]
+
+        worker = remotejob.Worker(q, handler, concurrency=8)
+        worker.run()        # blocks; worker.stop() (or SIGTERM/SIGINT) ends it gracefully
+
+    Args:
+        queue: the job system.
+        handler: called with each job, on a thread of the worker's pool.
+        status: the status queue to serve.
+        concurrency: handlers running at once; the worker never holds more messages than this.
+        max_jobs: stop after taking this many jobs (None: no limit).
+        burst: stop once the queue is empty and nothing runs or waits to be retried.
+        grace_period: seconds running handlers get to finish after a stop; their messages are
+            then made visible again at once.
+        retry_delay: backoff of the first retry, in seconds; it doubles per attempt (with jitter).
+        max_retry_delay: the longest backoff, in seconds.
+        handle_signals: on the main thread, make SIGTERM/SIGINT stop gracefully (a second
+            signal stops at once) while :meth:`run` runs.
+
+    Raises:
+        UnknownStatus: the status is not configured.
+        ConfigError: an invalid option.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        status: str = "pending",
+        concurrency: int = 1,
+        max_jobs: int | None = None,
+        burst: bool = False,
+        grace_period: float = 30.0,
+        retry_delay: float = 1.0,
+        max_retry_delay: float = 900.0,
+        handle_signals: bool = True,
+    ) -> None:
+        if not callable(handler):
+            raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if max_jobs is not None and (not isinstance(max_jobs, int) or max_jobs < 1):
+            raise ConfigError(f"max_jobs must be a positive integer or None, got {max_jobs!r}")
+        if queue.visibility_timeout < 1:
+            raise ConfigError("a worker needs a visibility timeout of at least 1 s to hold its jobs")
+        if not 0 <= retry_delay <= max_retry_delay <= MAX_VISIBILITY_S:
+            raise ConfigError(f"need 0 <= retry_delay <= max_retry_delay <= {MAX_VISIBILITY_S} s")
+        if grace_period < 0:
+            raise ConfigError(f"grace_period must be >= 0, got {grace_period!r}")
+        self.queue = queue
+        self.handler = handler
+        self.status = status
+        self.queue_name = queue._status_queue(status)
+        self.concurrency = concurrency
+        self.max_jobs = max_jobs
+        self.burst = burst
+        self.grace_period = grace_period
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.handle_signals = handle_signals
+        self.taken = 0
+        """Jobs taken so far (each delivery run counts once)."""
+        self._running: dict[Job, float] = {}
+        self._cond = threading.Condition()
+        self._stop_level = 0
+        self._receiving = False
+        self._retry_until = 0.0
+        self._heartbeat = Heartbeat(queue, queue.visibility_timeout)
+
+    # -- control ---------------------------------------------------------------------------
+
+    @property
+    def interrupted(self) -> bool:
+        """True if the worker was stopped at once, leaving handlers running (their jobs released)."""
+        return self._stop_level >= 2 and bool(self._running)
+
+    def stop(self, now: bool = False) -> None:
+        """Stop taking jobs; running handlers get the grace period (none with ``now``)."""
+        with self._cond:
+            self._stop_level = max(self._stop_level, 2 if now else 1)
+            self._cond.notify_all()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_level += 1  # only a flag: the run loop notices within a fraction of a second
+
+    def run(self) -> int:
+        """Serve the queue until stopped, ``max_jobs`` taken, or (burst) it is empty.
+
+        Returns:
+            The number of jobs taken.
+        """
+        previous = self._install_signals()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
+        self._heartbeat.start()
+        self._receiving = True
+        receiver = threading.Thread(target=self._receive_loop, args=(pool,), name="remotejob-receiver",
+                                    daemon=True)
+        receiver.start()
         try:
-            assets = handler(job)
-        except Exception as exc:  # noqa: BLE001 - any handler failure is the job's outcome
-            logger.warning("job %s failed: %s: %s", job.id, type(exc).__name__, exc)
-            job.complete(error=exc)
+            with self._cond:
+                while self._stop_level == 0 and (self._receiving or self._running):
+                    self._cond.wait(0.2)
+            if self._stop_level:
+                self._shut_down(receiver)
+        finally:
+            pool.shutdown(wait=self._stop_level == 0, cancel_futures=True)
+            self._heartbeat.stop()
+            self._restore_signals(previous)
+        return self.taken
+
+    def _shut_down(self, receiver: threading.Thread) -> None:
+        logger.info("stopping: %d job(s) running, grace period %s s", len(self._running), self.grace_period)
+        deadline = time.monotonic() + self.grace_period
+        with self._cond:
+            while self._running and self._stop_level < 2 and time.monotonic() < deadline:
+                self._cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            unfinished = list(self._running)
+        for job in unfinished:
+            self._heartbeat.release(job)
+            job.release(0)
+            logger.warning("job %s did not finish before the worker stopped; released it", job.id)
+        if self._stop_level < 2:
+            receiver.join(max(0.0, deadline - time.monotonic()))
+
+    def _install_signals(self) -> dict[int, Any]:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return {}
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._cond:
+            while len(self._running) >= self.concurrency and not self._stop_level:
+                self._cond.wait(0.2)
+            free = self.concurrency - len(self._running)
+        if self.max_jobs is not None:
+            free = min(free, self.max_jobs - self.taken)
+        return min(free, 10)
+
+    def _receive_loop(self, pool: ThreadPoolExecutor) -> None:
+        try:
+            while not self._stop_level:
+                free = self._free_slots()
+                if self._stop_level or free <= 0:
+                    break
+                wait = BURST_WAIT_S if self.burst else max(1, self.queue.wait_time)
+                try:
+                    messages = self.queue.message_queue.receive(self.queue_name, free, wait)
+                except RemoteJobError as exc:
+                    logger.error("cannot receive from %s: %s; retrying in %s s", self.queue_name, exc,
+                                 _ERROR_PAUSE_S)
+                    with self._cond:
+                        self._cond.wait(_ERROR_PAUSE_S)
+                    continue
+                if self._stop_level:
+                    self._give_back(messages)
+                    break
+                if not messages and self.burst and self._idle():
+                    break
+                for message in messages:
+                    self._dispatch(message, pool)
+        finally:
+            with self._cond:
+                self._receiving = False
+                self._cond.notify_all()
+
+    def _idle(self) -> bool:
+        with self._cond:
+            return not self._running and time.time() >= self._retry_until
+
+    def _give_back(self, messages: list[Message]) -> None:
+        for message in messages:
+            try:
+                self.queue.message_queue.change_visibility(self.queue_name, message.receipt, 0)
+            except RemoteJobError as exc:
+                logger.warning("could not give back a message while stopping: %s", exc)
+
+    def _dispatch(self, message: Message, pool: ThreadPoolExecutor) -> None:
+        try:
+            envelope = decode(message.body)
+        except EnvelopeError as exc:
+            self.queue._dead_letter(self.queue_name, message.body, message.receipt, str(exc))
             return
-        job.complete(assets=assets or ())
-    except AlreadyExists:
-        logger.info("job %s was already finished by another attempt; dropping this delivery", job.id)
-        job.acknowledge()
+        job = Job(self.queue, envelope, message)
+        if envelope.kind != "job":
+            logger.warning("a completion notice in %s is not a job; removing it", self.queue_name)
+            job.acknowledge()
+            return
+        with self._cond:
+            self.taken += 1
+            self._running[job] = time.monotonic()
+        pool.submit(self._execute, job)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _execute(self, job: Job) -> None:
+        try:
+            if job.receive_count > 1 and job.finish_if_done():
+                logger.info("job %s was already finished; dropped its redelivery", job.id)
+                return
+            self._heartbeat.hold(job)
+            try:
+                self._run_handler(job)
+            finally:
+                self._heartbeat.release(job)
+        except AlreadyExists:
+            logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
+        except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
+            logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
+        finally:
+            with self._cond:
+                self._running.pop(job, None)
+                self._cond.notify_all()
+
+    def _run_handler(self, job: Job) -> None:
+        try:
+            assets = self.handler(job)
+            if not job.finished:
+                job.complete(assets=assets or ())
+        except AlreadyExists:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
+            if job.finished:
+                raise
+            self._failed(job, exc)
+
+    def _failed(self, job: Job, exc: Exception) -> None:
+        attempts = self.queue.max_attempts
+        if job.receive_count >= attempts:
+            logger.warning("job %s failed its last attempt (%d of %d): %s", job.id, job.receive_count,
+                           attempts, error_text(exc))
+            reason = f"failed {job.receive_count} attempts; last error: {error_text(exc)}"
+            job._finish(exc, (), dead_reason=reason)
+            return
+        delay = self._backoff(job.receive_count)
+        logger.warning("job %s failed attempt %d of %d (%s); retrying in %d s", job.id, job.receive_count,
+                       attempts, error_text(exc), delay)
+        with self._cond:
+            self._retry_until = max(self._retry_until, time.time() + delay)
+        job.release(delay)
+
+    def _backoff(self, attempt: int) -> int:
+        """Exponential backoff with jitter: half to all of ``retry_delay * 2**(attempt-1)``."""
+        ceiling: float = min(self.max_retry_delay, self.retry_delay * 2.0 ** min(attempt - 1, 30))
+        return math.ceil(ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
 
 
 def work(
@@ -43,23 +308,9 @@ def work(
     status: str = "pending",
     burst: bool = False,
     max_jobs: int | None = None,
+    **options: Any,
 ) -> int:
-    """Process jobs from ``status`` one at a time; return how many were processed.
+    """Run a :class:`Worker` until it stops; return how many jobs it took."""
+    worker = Worker(queue, handler, status=status, burst=burst, max_jobs=max_jobs, **options)
+    return worker.run()
 
-    Blocks until ``max_jobs`` jobs are done or, with ``burst=True``, the queue is empty.
-
-    Raises:
-        UnknownStatus: the status is not configured.
-    """
-    done = 0
-    while max_jobs is None or done < max_jobs:
-        job = queue.next(status, timeout=BURST_WAIT_S if burst else None)
-        if job is None:
-            break
-        if job.state is not None:
-            logger.warning("skipping a completion notice in %s; serve a job status", status)
-            job.acknowledge()
-            continue
-        process(job, handler)
-        done += 1
-    return done

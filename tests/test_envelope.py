@@ -67,5 +67,6 @@ def test_poison_message_goes_to_dead_letters(backend: BackendSetup) -> None:
     assert job is not None and job.id == job_id
     job.acknowledge()
     assert q.next("pending", timeout=1) is None  # the poison was skipped, never returned
-    dead = q.message_queue.receive(keys.dead_letter_name(q.name), 10, 5)
-    assert [m.body for m in dead] == [poison]
+    [dead] = q.dead_letters()
+    assert dead.body == poison and dead.job is None
+    assert dead.source == f"{q.name}-pending" and "not a remotejob envelope" in dead.reason
