@@ -201,6 +201,7 @@ class Worker:
                 if self._stop_level or free <= 0:
                     break
                 wait = BURST_WAIT_S if self.burst else max(1, self.queue.wait_time)
+                polled_at = time.time()
                 try:
                     messages = self.queue.message_queue.receive(self.queue_name, free, wait)
                 except RemoteJobError as exc:
@@ -212,7 +213,7 @@ class Worker:
                 if self._stop_level:
                     self._give_back(messages)
                     break
-                if not messages and self.burst and self._idle():
+                if not messages and self.burst and self._idle(polled_at):
                     break
                 for message in messages:
                     self._dispatch(message, pool)
@@ -221,9 +222,10 @@ class Worker:
                 self._receiving = False
                 self._cond.notify_all()
 
-    def _idle(self) -> bool:
+    def _idle(self, polled_at: float) -> bool:
+        """Nothing runs, and the empty poll began after every retry this worker delayed was due."""
         with self._cond:
-            return not self._running and time.time() >= self._retry_until
+            return not self._running and polled_at >= self._retry_until
 
     def _give_back(self, messages: list[Message]) -> None:
         for message in messages:
@@ -293,7 +295,8 @@ class Worker:
         logger.warning("job %s failed attempt %d of %d (%s); retrying in %d s", job.id, job.receive_count,
                        attempts, error_text(exc), delay)
         with self._cond:
-            self._retry_until = max(self._retry_until, time.time() + delay)
+            # Queues keep visibility in whole seconds: allow one more for their clock.
+            self._retry_until = max(self._retry_until, time.time() + delay + 1)
         job.release(delay)
 
     def _backoff(self, attempt: int) -> int:

@@ -1,0 +1,341 @@
+"""The worker runtime in-process, on every backend: retries, dead letters, heartbeats, pipelines,
+effectively-once completion and stopping. Process-level crashes are in test_worker_processes.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+import remotejob
+from remotejob import completion, keys
+from remotejob.bodies import parse_entry
+from remotejob.errors import AlreadyExists, ConfigError, JobFailed
+from tests.conftest import BackendSetup
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def running(worker: remotejob.Worker) -> Iterator[threading.Thread]:
+    """Run ``worker`` on a thread; stop it (gracefully) and join it on exit."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop"
+
+
+def connect(backend: BackendSetup, **options: Any) -> remotejob.Queue:
+    options.setdefault("visibility_timeout", 2)
+    options.setdefault("wait_time", 1)
+    return backend.connect(**options)  # type: ignore[no-any-return]
+
+
+def upper(job: remotejob.Job) -> list[dict[str, Any]]:
+    with job.open() as stream:
+        return [{"key": "output", "body": stream.read().upper()}]
+
+
+def test_burst_drains_the_queue_and_returns_the_count(backend: BackendSetup) -> None:
+    q = connect(backend)
+    ids = [q.submit({"body": f"job {i}".encode()}) for i in range(5)]
+
+    taken = q.work(upper, concurrency=3, burst=True, handle_signals=False)
+
+    assert taken == 5
+    for i, job_id in enumerate(ids):
+        assert q.wait(job_id, timeout=5).outputs == ["output"]
+        assert q.retrieve("out", f"{job_id}/output").read() == f"JOB {i}".encode()
+    depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
+    assert (depth.waiting, depth.in_flight) == (0, 0)
+
+
+def test_max_jobs_stops_after_that_many(backend: BackendSetup) -> None:
+    q = connect(backend)
+    ids = [q.submit({"body": b"x"}) for _ in range(4)]
+
+    assert q.work(upper, max_jobs=3, concurrency=2, handle_signals=False) == 3
+
+    states = sorted(q.status(i).state for i in ids)
+    assert states == ["completed", "completed", "completed", "pending"]
+
+
+def test_never_holds_more_messages_than_free_slots(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=30)
+    for _ in range(8):
+        q.submit({"body": b"x"})
+    release = threading.Event()
+    started: list[str] = []
+
+    def blocked(job: remotejob.Job) -> None:
+        started.append(job.id)
+        release.wait(30)
+
+    worker = remotejob.Worker(q, blocked, concurrency=3, handle_signals=False, burst=True)
+    with running(worker):
+        wait_until(lambda: len(started) == 3, what="three handlers to start")
+        depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
+        assert (depth.in_flight, depth.waiting) == (3, 5)
+        release.set()
+        wait_until(lambda: len(started) == 8, what="all jobs to run")
+
+
+def test_failing_handler_runs_max_attempts_then_fails_and_dead_letters(backend: BackendSetup) -> None:
+    q = connect(backend, max_attempts=3)
+    job_id = q.submit({"body": b"bad"})
+    attempts: list[tuple[str, int]] = []
+
+    def broken(job: remotejob.Job) -> None:
+        attempts.append((job.message_id, job.receive_count))
+        raise ValueError("cannot parse 'bad'")
+
+    q.work(broken, burst=True, retry_delay=0, handle_signals=False)
+
+    assert [count for _, count in attempts] == [1, 2, 3]
+    assert len({message_id for message_id, _ in attempts}) == 1  # one message, retried in place
+    with pytest.raises(JobFailed) as failed:
+        q.wait(job_id, timeout=5)
+    assert failed.value.error == "ValueError: cannot parse 'bad'"
+    [dead] = q.dead_letters()
+    assert dead.job == job_id and dead.status == "pending"
+    assert "failed 3 attempts" in dead.reason and "cannot parse" in dead.reason
+    assert q.dead_letters() != []  # listing leaves them in place
+
+    assert q.redrive() == 1
+    assert q.dead_letters() == []
+    assert q.status(job_id).state == "pending"
+    q.work(upper, burst=True, handle_signals=False)
+    assert q.wait(job_id, timeout=5).state == "completed"
+    assert q.retrieve("out", f"{job_id}/output").read() == b"BAD"
+
+
+def test_retries_back_off_and_a_later_attempt_can_succeed(backend: BackendSetup) -> None:
+    q = connect(backend)
+    job_id = q.submit({"body": b"flaky"})
+    seen: list[int] = []
+
+    def flaky(job: remotejob.Job) -> list[dict[str, Any]]:
+        seen.append(job.receive_count)
+        if job.receive_count < 2:
+            raise ConnectionError("upstream hiccup")
+        return upper(job)
+
+    q.work(flaky, burst=True, retry_delay=1, handle_signals=False)
+
+    assert seen == [1, 2]
+    st = q.status(job_id)
+    assert st.state == "completed" and st.attempt == 2 and st.error is None
+    assert q.dead_letters() == []
+
+
+def test_poison_message_is_dead_lettered_and_the_worker_keeps_serving(backend: BackendSetup) -> None:
+    q = connect(backend)
+    q.init()
+    q.message_queue.send(keys.queue_name(q.name, "pending"), '{"v": 99, "job": "x"}')
+    job_id = q.submit({"body": b"fine"})
+
+    q.work(upper, burst=True, handle_signals=False)
+
+    assert q.wait(job_id, timeout=5).state == "completed"
+    [dead] = q.dead_letters()
+    assert dead.body == '{"v": 99, "job": "x"}' and "version" in dead.reason
+    assert q.redrive() == 0  # not a job: it stays for a human to look at
+    assert len(q.dead_letters()) == 1
+
+
+def test_heartbeat_keeps_a_long_job_to_one_execution_and_shows_inprogress(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=1)
+    job_id = q.submit({"body": b"slow"})
+    executions: list[int] = []
+    seen_inprogress = threading.Event()
+
+    def slow(job: remotejob.Job) -> list[dict[str, Any]]:
+        executions.append(job.receive_count)
+        deadline = time.monotonic() + 5  # five visibility timeouts
+        while time.monotonic() < deadline:
+            if q.status(job.id).state == "inprogress":
+                seen_inprogress.set()
+            time.sleep(0.1)
+        return upper(job)
+
+    # Two workers compete: without heartbeats the second would take the job after 1 s.
+    first = remotejob.Worker(q, slow, handle_signals=False)
+    second = remotejob.Worker(q, slow, handle_signals=False)
+    with running(first), running(second):
+        st = q.wait(job_id, timeout=30)
+
+    assert executions == [1]
+    assert seen_inprogress.is_set()
+    assert st.state == "completed" and st.attempt == 1 and st.worker
+
+
+def test_short_jobs_never_record_inprogress(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=30)
+    job_id = q.submit({"body": b"quick"})
+
+    q.work(upper, burst=True, handle_signals=False)
+
+    assert q.status(job_id).state == "completed"
+    assert [i.key for i in q.object_store.list(f"jobs/{job_id}/")] == [
+        f"jobs/{job_id}/final", f"jobs/{job_id}/queued"
+    ]
+
+
+def test_one_completion_notice_per_finished_job(backend: BackendSetup) -> None:
+    q = connect(backend)
+    ok = q.submit({"body": b"ok"})
+    q.work(upper, burst=True, handle_signals=False)
+
+    notice = q.next("completed", timeout=5)
+    assert notice is not None and notice.id == ok and notice.state == "completed"
+    notice.acknowledge()
+    assert q.next("completed", timeout=1) is None
+
+
+def test_a_late_duplicate_loses_and_the_winner_stands(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=30)
+    job_id = q.submit({"body": b"dup"})
+    zombie = q.next("pending", timeout=5)
+    assert zombie is not None
+    zombie.release(0)  # as if its visibility ran out while it stalled
+    winner = q.next("pending", timeout=5)
+    assert winner is not None and winner.receive_count == 2
+
+    winner.complete(assets=[{"key": "output", "body": b"winner"}, {"key": "log", "body": b"w" * 100_000}])
+    with pytest.raises(AlreadyExists, match="already finished"):
+        zombie.complete(assets=[{"key": "output", "body": b"zombie"}, {"key": "log", "body": b"z" * 100_000}])
+
+    st = q.status(job_id)
+    assert st.state == "completed" and st.attempt == 2
+    assert q.retrieve("out", f"{job_id}/output").read() == b"winner"
+    assert q.retrieve("out", f"{job_id}/log").read() == b"w" * 100_000
+    assert st.assets["log"].sha256 == hashlib.sha256(b"w" * 100_000).hexdigest()
+    assert list(q.object_store.list(f"jobs/{job_id}/attempts/")) == []
+    assert sorted(i.key for i in q.object_store.list(f"out/{job_id}/")) == [
+        f"out/{job_id}/log", f"out/{job_id}/output"
+    ]
+
+
+def test_a_claim_whose_reply_was_lost_is_recognised_as_ours(backend: BackendSetup) -> None:
+    store = backend.make_store()
+    record = {"job": "j", "state": "completed", "attempt_id": "a1"}
+    other = {"job": "j", "state": "failed", "attempt_id": "a2"}
+
+    assert completion.claim(store, "jobs/j/final", record) is None
+    assert completion.claim(store, "jobs/j/final", record) is None  # the retry after a lost reply
+    winner = completion.claim(store, "jobs/j/final", other)
+    assert winner is not None and winner["attempt_id"] == "a1"
+
+
+def test_redelivery_after_a_crash_past_the_claim_publishes_without_rerunning(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=30)
+    job_id = q.submit({"body": b"crash"})
+    crashed = q.next("pending", timeout=5)
+    assert crashed is not None
+    # The first attempt staged and claimed, then died before publishing or deleting its message.
+    entries = [parse_entry({"key": "output", "body": b"x" * 70_000}, "asset")]
+    outputs = completion.stage(q.object_store, job_id, crashed.attempt_id, entries)
+    for doc in outputs.values():
+        doc["stage"] = "pending"
+    record = {"job": job_id, "state": "completed", "status": "pending", "created": crashed.created,
+              "updated": time.time(), "outputs": outputs, "attempt": 1, "attempt_id": crashed.attempt_id}
+    assert completion.claim(q.object_store, keys.record_key(job_id, "final"), record) is None
+    crashed.release(0)
+    runs: list[str] = []
+
+    def must_not_run(job: remotejob.Job) -> None:
+        runs.append(job.id)
+
+    q.work(must_not_run, burst=True, handle_signals=False)
+
+    assert runs == []
+    assert q.retrieve("out", f"{job_id}/output").read() == b"x" * 70_000
+    assert list(q.object_store.list(f"jobs/{job_id}/attempts/")) == []
+    notice = q.next("completed", timeout=5)
+    assert notice is not None and notice.id == job_id
+    depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
+    assert (depth.waiting, depth.in_flight) == (0, 0)
+
+
+def test_pipeline_hands_the_output_on_keeping_the_job_id(backend: BackendSetup) -> None:
+    q = connect(backend, statuses=("pending", "thumbnail", "completed"))
+    job_id = q.submit({"body": b"picture", "owner": "ana"})
+
+    def resize(job: remotejob.Job) -> None:
+        with job.open() as stream:
+            body = stream.read()
+        job.complete(assets=[{"key": "resized", "body": body + b"-resized"}], next_status="thumbnail")
+
+    def thumbnail(job: remotejob.Job) -> list[dict[str, Any]]:
+        assert job.metadata == {"owner": "ana"}
+        with job.open() as stream:
+            return [{"key": "thumb", "body": stream.read() + b"-thumb"}]
+
+    q.work(resize, burst=True, handle_signals=False)
+    assert q.status(job_id).state == "pending" and q.status(job_id).status == "thumbnail"
+    q.work(thumbnail, status="thumbnail", burst=True, handle_signals=False)
+
+    st = q.wait(job_id, timeout=5)
+    assert st.status == "thumbnail" and sorted(st.outputs) == ["resized", "thumb"]
+    assert q.retrieve("out", f"{job_id}/thumb").read() == b"picture-resized-thumb"
+    assert q.retrieve("out", f"{job_id}/resized").read() == b"picture-resized"
+
+
+def test_stop_releases_unfinished_jobs_at_once(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=60)
+    job_id = q.submit({"body": b"long"})
+    started, release = threading.Event(), threading.Event()
+
+    def long(job: remotejob.Job) -> None:
+        started.set()
+        release.wait(30)
+
+    worker = remotejob.Worker(q, long, grace_period=0.2, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert started.wait(20)
+    worker.stop()
+    thread.join(20)
+
+    depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
+    assert (depth.waiting, depth.in_flight) == (1, 0)  # visible again without waiting 60 s
+    release.set()  # the released handler may still finish; the claim keeps one outcome
+    q.work(upper, burst=True, handle_signals=False)
+    assert q.wait(job_id, timeout=10).state == "completed"
+
+
+def test_a_job_id_runs_once(backend: BackendSetup) -> None:
+    q = connect(backend)
+    q.store("in", {"key": "report.csv", "body": b"a,b"})
+    assert q.trigger("report.csv") == "report.csv"
+
+    with pytest.raises(AlreadyExists, match="new key"):
+        q.trigger("report.csv")
+
+
+def test_bad_worker_options_are_config_errors(backend: BackendSetup) -> None:
+    q = connect(backend)
+    with pytest.raises(ConfigError, match="concurrency"):
+        remotejob.Worker(q, upper, concurrency=0)
+    with pytest.raises(ConfigError, match="handler"):
+        remotejob.Worker(q, "not callable")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_attempts"):
+        connect(backend, max_attempts=0)
+    with pytest.raises(remotejob.UnknownStatus):
+        remotejob.Worker(q, upper, status="nope")
