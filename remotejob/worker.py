@@ -296,7 +296,7 @@ class Worker:
                        attempts, error_text(exc), delay)
         with self._cond:
             # Queues keep visibility in whole seconds: allow one more for their clock.
-            self._retry_until = max(self._retry_until, time.time() + delay + 1)
+            self._retry_until = max(self._retry_until, time.time() + delay + (1 if delay else 0))
         job.release(delay)
 
     def _backoff(self, attempt: int) -> int:
