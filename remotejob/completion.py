@@ -9,8 +9,11 @@ overwritten. Each attempt therefore:
 2. **claims** the outcome with a create-once write of its record (``If-None-Match: *`` on S3). The
    first claim wins. A claim whose reply was lost and whose retry then finds the key taken reads
    the record back: if it names this attempt, it won;
-3. **publishes**, if it won, the assets to ``out/<id>/<asset>`` (a server-side copy from staging)
-   and removes its staging. A loser removes its staging and publishes nothing of its own.
+3. **publishes**, if it won, the assets to ``out/<id>/<asset>`` (a server-side copy from staging),
+   removes its staging and rewrites its record marked ``published``: until then ``status()``
+   reports the job ``inprogress``, so whoever sees it completed can read its outputs. A record
+   with nothing to publish is marked at once and costs no second write. A loser removes its
+   staging and publishes nothing of its own.
 
 Publishing is repeatable: whoever finds a record whose assets are not all published (the winner
 crashed after its claim) finishes the job from the record, never by running the handler again.
@@ -94,11 +97,15 @@ def read_record(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def publish(store: ObjectStore, job_id: str, record: Mapping[str, Any], *, check: bool) -> bool:
-    """Write the record's outputs to ``out/<job-id>/``, then remove the attempt's staging.
+def publish(
+    store: ObjectStore, job_id: str, key: str, record: Mapping[str, Any], *, check: bool, sweep: bool = False
+) -> bool:
+    """Write the record's outputs to ``out/<job-id>/``, remove the staging, then mark the record
+    at ``key`` published, so a reader that sees the outcome can read its outputs.
 
     With ``check``, outputs already published are left alone (finishing a crashed winner's
-    work); returns True if anything had to be written.
+    work); with ``sweep``, what other attempts left staged (they were killed before their claim)
+    is removed too. Returns True if any output had to be written.
     """
     attempt_id = str(record.get("attempt_id", ""))
     wrote = False
@@ -120,6 +127,11 @@ def publish(store: ObjectStore, job_id: str, record: Mapping[str, Any], *, check
                 continue
         wrote = True
     discard(store, job_id, attempt_id, record.get("outputs") or {})
+    if sweep:
+        for left in store.list(keys.staging_prefix(job_id, "")):
+            store.delete(left.key)
+    if record.get("published") is False:
+        store.put(key, encode_record({**record, "published": True}), content_type=_RECORD_TYPE)
     return wrote
 
 

@@ -191,18 +191,20 @@ class Job:
             record.update(state="handed", next=next_status, input=_next_input(self, handed))
         if dead_reason is not None:
             record["dead"] = dead_reason
-        winner = completion.claim(store, self._claim_key(next_status), record)
+        record["published"] = not outputs
+        key = self._claim_key(next_status)
+        winner = completion.claim(store, key, record)
         with self._lock:
             self._finished = True
         if winner is not None:
             completion.discard(store, self.id, self.attempt_id, outputs)
-            wrote = completion.publish(store, self.id, winner, check=True)
+            wrote = completion.publish(store, self.id, key, winner, check=True)
             self._deliver(winner, notify=wrote, stale_ok=True)
             raise AlreadyExists(
                 f"job {self.id!r} was already finished by another attempt "
                 f"({winner.get('state')}); its record stands"
             )
-        completion.publish(store, self.id, record, check=False)
+        completion.publish(store, self.id, key, record, check=False, sweep=self.receive_count > 1)
         self._deliver(record, notify=True, stale_ok=False)
         if next_status is not None:
             return JobStatus(self.id, "pending", next_status, self.created, now)
@@ -224,16 +226,18 @@ class Job:
         undone (publishing, notice, next stage), drop this delivery and return True.
         """
         store = self.queue.object_store
-        record = completion.read_record(store, keys.record_key(self.id, "final"))
+        key = keys.record_key(self.id, "final")
+        record = completion.read_record(store, key)
         if record is None:
-            record = completion.read_record(store, keys.handoff_key(self.id, self.status))
+            key = keys.handoff_key(self.id, self.status)
+            record = completion.read_record(store, key)
         if record is None:
             return False
         self._finished = True
         if record.get("status") != self.status:  # a later stage finished the whole job
             self._drop(stale_ok=True)
             return True
-        completion.publish(store, self.id, record, check=True)
+        completion.publish(store, self.id, key, record, check=True, sweep=True)
         # The message came back, so the winner died before deleting it, maybe before notifying.
         self._deliver(record, notify=True, stale_ok=True)
         return True

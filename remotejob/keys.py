@@ -75,8 +75,8 @@ def staging_key(job_id: str, attempt_id: str, asset: str) -> str:
 
 
 def staging_prefix(job_id: str, attempt_id: str) -> str:
-    """The prefix of everything one attempt staged."""
-    return f"jobs/{validate_key(job_id)}/attempts/{attempt_id}/"
+    """The prefix of everything one attempt staged (every attempt's, with ``attempt_id=""``)."""
+    return f"jobs/{validate_key(job_id)}/attempts/{attempt_id + '/' if attempt_id else ''}"
 
 
 def queue_name(name: str, status: str) -> str:

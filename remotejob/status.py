@@ -79,6 +79,8 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             for name, a in doc.get("outputs", {}).items()
         }
         state = doc["state"]
+        if doc.get("published") is False:
+            state = "inprogress"  # the outcome is settled; its outputs are being published
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         return JobStatus(

@@ -110,6 +110,7 @@ class Worker:
         self.taken = 0
         """Jobs taken so far (each delivery run counts once)."""
         self._running: dict[Job, float] = {}
+        self._released: set[Job] = set()
         self._cond = threading.Condition()
         self._stop_level = 0
         self._receiving = False
@@ -120,8 +121,11 @@ class Worker:
 
     @property
     def interrupted(self) -> bool:
-        """True if the worker was stopped at once, leaving handlers running (their jobs released)."""
-        return self._stop_level >= 2 and bool(self._running)
+        """True if :meth:`run` returned with handlers still running (their jobs released).
+
+        Their results will be discarded; a process should exit without waiting for them.
+        """
+        return bool(self._released)
 
     def stop(self, now: bool = False) -> None:
         """Stop taking jobs; running handlers get the grace period (none with ``now``)."""
@@ -164,6 +168,7 @@ class Worker:
             while self._running and self._stop_level < 2 and time.monotonic() < deadline:
                 self._cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             unfinished = list(self._running)
+            self._released.update(unfinished)
         for job in unfinished:
             self._heartbeat.release(job)
             job.release(0)
@@ -274,12 +279,14 @@ class Worker:
     def _run_handler(self, job: Job) -> None:
         try:
             assets = self.handler(job)
-            if not job.finished:
+            if job in self._released:
+                logger.warning("job %s finished after it was released at shutdown; result discarded", job.id)
+            elif not job.finished:
                 job.complete(assets=assets or ())
         except AlreadyExists:
             raise
         except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
-            if job.finished:
+            if job.finished or job in self._released:
                 raise
             self._failed(job, exc)
 
