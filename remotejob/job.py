@@ -208,7 +208,7 @@ class Job:
         self._deliver(record, notify=True, stale_ok=False)
         if next_status is not None:
             return JobStatus(self.id, "pending", next_status, self.created, now)
-        return decode_status(self.id, completion.encode_record(record))
+        return decode_status(self.id, completion.encode_record({**record, "published": True}))
 
     def _claim_key(self, next_status: str | None) -> str:
         if next_status is not None:
