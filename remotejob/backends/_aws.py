@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Collection
 from types import TracebackType
 from typing import Any
@@ -219,6 +220,23 @@ class Translate:
         return BackendUnavailable(f"{where} failed while {doing}: {code or status}: {_aws_message(exc)}")
 
 
+_requests: Counter[str] = Counter()
+_requests_lock = threading.Lock()
+
+
+def _count_request(event_name: str, **kwargs: Any) -> None:
+    # before-send fires once per HTTP request, retries included: what AWS bills.
+    service, operation = (event_name.split(".") + ["", "", ""])[1:3]
+    with _requests_lock:
+        _requests[f"{service.upper()}.{operation}"] += 1
+
+
+def request_counts() -> dict[str, int]:
+    """HTTP requests this process sent to S3 and SQS, by ``SERVICE.Operation``."""
+    with _requests_lock:
+        return dict(_requests)
+
+
 class LazyClient:
     """One boto3 client, created on first use and then shared by threads.
 
@@ -252,6 +270,7 @@ class LazyClient:
                         )
                     except ValueError as exc:  # botocore's "Invalid endpoint: ..."
                         raise ConfigError(f"invalid {self._service} endpoint URL: {exc}") from exc
+                    self._client.meta.events.register("before-send", _count_request)
         return self._client
 
     def region(self) -> str | None:

@@ -1,0 +1,341 @@
+"""Commands for requesters: init, submit, status, wait, fetch, ls."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..bodies import copy_to_file
+from ..errors import NotFound, WaitTimeout
+from ..queue import Queue
+from ..status import JobStatus
+from .app import (
+    EXIT_FAILED,
+    PROGRESS_MIN_BYTES,
+    Context,
+    ProgressReader,
+    emit_json,
+    main,
+    out,
+    pass_context,
+    progress,
+    table,
+)
+
+RECORDS = ("queued", "progress", "final")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@pass_context
+def init(ctx: Context, as_json: bool) -> None:
+    """Create the bucket or folder and the status and dead-letter queues; print what exists.
+
+    \b
+    Example:
+      remotejob --store s3://my-bucket/jobs --queues sqs:// init
+    """
+    with ctx.errors():
+        made = ctx.connect().init()
+    if as_json:
+        emit_json(made)
+        return
+    click.echo(f"store: {made['store']}")
+    for name in made["queues"]:
+        click.echo(f"queue: {name}")
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
+        meta[name] = value
+    return meta
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--meta", "meta_pairs", multiple=True, metavar="KEY=VALUE",
+              help="Metadata for every job (repeatable).")
+@click.option("--status", default="pending", show_default=True, help="Status queue to send to.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the jobs; exit 1 if any failed.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="With --wait: give up after S s.")
+@click.option("--fetch", "fetch_dir", type=click.Path(file_okay=False), default=None,
+              help="Wait, then download each job's outputs to DIR/JOB_ID/.")
+@pass_context
+def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], status: str, wait_: bool,
+           timeout: float | None, fetch_dir: str | None) -> None:
+    """Submit one job per FILE ('-' reads stdin); print one job id per line.
+
+    \b
+    Example:
+      remotejob submit photos/*.jpg --meta size=128
+      remotejob submit scan.pdf --wait --fetch results/
+      tar c data | remotejob submit - --meta name=backup
+    """
+    meta = _parse_meta(meta_pairs)
+    for name in files:
+        if name != "-" and not os.path.isfile(name):
+            ctx.fail(f"{name}: no such file (check the path)", 2)
+    with ctx.errors():
+        q = ctx.connect()
+        ids = [_submit_one(q, name, meta, status) for name in files]
+        if wait_ or fetch_dir:
+            done = wait_all(q, ids, timeout)
+            failed = _report(done.values(), quiet_ok=True)
+            if fetch_dir:
+                for st in done.values():
+                    if st.state == "completed":
+                        fetch_outputs(q, st, Path(fetch_dir) / st.id, None)
+            if failed:
+                sys.exit(EXIT_FAILED)
+
+
+def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str) -> str:
+    if name == "-":
+        job_id = q.submit({"body": sys.stdin.buffer, **meta}, status=status)
+    else:
+        path = Path(name)
+        size = path.stat().st_size
+        with open(path, "rb") as body, progress() as bar:
+            stream: Any = body
+            if size >= PROGRESS_MIN_BYTES:
+                stream = ProgressReader(body, bar, bar.add_task(f"upload {path.name}", total=size))
+            job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status)
+    click.echo(job_id)
+    sys.stdout.flush()
+    return job_id
+
+
+def wait_all(q: Queue, ids: Sequence[str], timeout: float | None) -> dict[str, JobStatus]:
+    """Wait until every job is completed or failed; return their statuses in ``ids`` order.
+
+    Raises:
+        WaitTimeout: some jobs were not done after ``timeout`` seconds.
+        NotFound: an id was never submitted.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done: dict[str, JobStatus] = {}
+    pending = list(dict.fromkeys(ids))
+    delay = 0.05
+    with progress() as bar:
+        task = bar.add_task("jobs done", total=len(pending), visible=len(pending) > 1)
+        while True:
+            for job_id in list(pending):
+                st = q.status(job_id)
+                if st.done:
+                    done[job_id] = st
+                    pending.remove(job_id)
+                    bar.advance(task)
+            if not pending:
+                return {job_id: done[job_id] for job_id in ids}
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(
+                    f"{len(pending)} job(s) not done after {timeout:g} s: {', '.join(pending[:5])}"
+                    f"{' ...' if len(pending) > 5 else ''} (wait again, or raise --timeout)"
+                )
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 1.5, 1.0)
+
+
+def _report(statuses: Any, quiet_ok: bool = False) -> int:
+    """Print failed jobs on stderr (and completed ones on stdout unless quiet); return #failed."""
+    failed = 0
+    for st in statuses:
+        if st.state == "failed":
+            failed += 1
+            click.echo(f"{st.id}  failed  {st.error}", err=True)
+        elif not quiet_ok:
+            click.echo(f"{st.id}  {st.state}  {', '.join(st.outputs)}")
+    return failed
+
+
+def status_doc(st: JobStatus) -> dict[str, Any]:
+    """A status as the --json output shows it."""
+    return {
+        "id": st.id, "state": st.state, "status": st.status, "error": st.error,
+        "outputs": st.outputs, "created": st.created, "updated": st.updated,
+        "attempt": st.attempt, "worker": st.worker, "started": st.started,
+        "assets": {n: {"size": a.size, "sha256": a.sha256, "content_type": a.content_type}
+                   for n, a in st.assets.items()},
+    }
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _summary(error: str | None, width: int = 60) -> str:
+    if not error:
+        return ""
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _status_table(statuses: Sequence[JobStatus]) -> None:
+    now = time.time()
+    table(
+        ("job", "state", "status", "age", "attempts", "outputs", "error"),
+        [(st.id, st.state, st.status, _age(now - st.created), st.attempt or "", ", ".join(st.outputs),
+          _summary(st.error)) for st in statuses],
+    )
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Show where jobs stand: pending, inprogress, completed or failed.
+
+    \b
+    Example:
+      remotejob status 0190a1b2c3d4e5f6a7b8c9d0e1f2
+      remotejob status --json JOB_ID | jq .state
+    """
+    with ctx.errors():
+        q = ctx.connect()
+        statuses = [q.status(job_id) for job_id in job_ids]
+    if as_json:
+        for st in statuses:
+            emit_json(status_doc(st))
+    else:
+        _status_table(statuses)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after S seconds (exit 4).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def wait(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
+    """Wait until jobs are completed or failed; exit 1 if any failed, 4 on timeout.
+
+    \b
+    Example:
+      remotejob wait $(remotejob submit *.csv) --timeout 600
+    """
+    with ctx.errors():
+        done = wait_all(ctx.connect(), job_ids, timeout)
+    if as_json:
+        for st in done.values():
+            emit_json(status_doc(st))
+        failed = sum(st.state == "failed" for st in done.values())
+    else:
+        failed = _report(done.values())
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> list[str]:
+    """Download a job's outputs (or one) into ``folder``; return the paths written."""
+    names = st.outputs if asset is None else [asset]
+    if asset is not None and asset not in st.outputs:
+        raise NotFound(f"job {st.id!r} has no output {asset!r}; it has: {', '.join(st.outputs) or 'none'}")
+    written = []
+    for name in names:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with q.retrieve("out", f"{st.id}/{name}") as obj, progress() as bar:
+            stream: Any = obj.open()
+            if obj.size >= PROGRESS_MIN_BYTES:
+                stream = ProgressReader(stream, bar, bar.add_task(f"download {name}", total=obj.size))
+            copy_to_file(stream, target)
+        written.append(str(target))
+    return written
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("-o", "--output", "folder", default=None,
+              help="Folder to write to (default ./JOB_ID); '-' writes --asset to stdout.")
+@click.option("--asset", default=None, help="Only this output (e.g. output, stderr).")
+@pass_context
+def fetch(ctx: Context, job_id: str, folder: str | None, asset: str | None) -> None:
+    """Download a finished job's outputs; print the paths written.
+
+    \b
+    Example:
+      remotejob fetch JOB_ID -o results/
+      remotejob fetch JOB_ID --asset stdout -o - | less
+    """
+    if folder == "-" and asset is None:
+        raise click.UsageError("-o - writes one output to stdout: name it with --asset")
+    with ctx.errors():
+        q = ctx.connect()
+        st = q.status(job_id)
+        if not st.done:
+            raise NotFound(f"job {job_id!r} is {st.state}: it has no outputs yet (remotejob wait it first)")
+        if folder == "-":
+            fetch_to_stdout(q, st, str(asset))
+            return
+        for path in fetch_outputs(q, st, Path(folder or job_id), asset):
+            click.echo(path)
+
+
+def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
+    """Stream one output to stdout."""
+    if asset not in st.outputs:
+        raise NotFound(f"job {st.id!r} has no output {asset!r}; it has: {', '.join(st.outputs) or 'none'}")
+    with q.retrieve("out", f"{st.id}/{asset}") as obj:
+        stream = obj.open()
+        while chunk := stream.read(1024 * 1024):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+
+
+def recent_jobs(q: Queue) -> list[str]:
+    """Every job id in the store, most recently updated first."""
+    latest: dict[str, float] = {}
+    for info in q.object_store.list("jobs/"):
+        job_id, _, record = info.key[len("jobs/"):].rpartition("/")
+        if job_id and (record in RECORDS or record.startswith("handoff-")) and "/attempts/" not in info.key:
+            latest[job_id] = max(latest.get(job_id, 0.0), info.modified)
+    return sorted(latest, key=lambda job_id: latest[job_id], reverse=True)
+
+
+@main.command(name="ls")
+@click.option("--state", type=click.Choice(["pending", "inprogress", "completed", "failed"]), default=None,
+              help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N jobs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def ls(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs: state, age, attempts and error summary, newest first.
+
+    \b
+    Example:
+      remotejob ls --state failed --limit 50
+    """
+    with ctx.errors():
+        q = ctx.connect()
+        found: list[JobStatus] = []
+        for job_id in recent_jobs(q):
+            try:
+                st = q.status(job_id)
+            except NotFound:
+                continue
+            if state is None or st.state == state:
+                found.append(st)
+                if len(found) >= limit:
+                    break
+    if as_json:
+        for st in found:
+            emit_json({**status_doc(st), "attempts": st.attempt or 0})
+    elif found:
+        _status_table(found)
+    else:
+        out.print("no jobs" + (f" in state {state}" if state else ""))

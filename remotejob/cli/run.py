@@ -1,0 +1,151 @@
+"""Commands that run jobs: worker (a command or a Python handler per job) and demo."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..command import CommandHandler
+from ..worker import Handler, Worker
+from .app import Context, err, main, out, pass_context, table
+
+
+def _load_handler(target: str) -> Handler:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter(f"{target!r} is not MODULE:FUNCTION", param_hint="TARGET")
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="TARGET") from exc
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise click.BadParameter(f"{module_name} has no function {attr!r}", param_hint="TARGET")
+    return handler  # type: ignore[no-any-return]
+
+
+@main.command()
+@click.argument("target", metavar="[MODULE:FUNCTION]", required=False)
+@click.option("--exec", "command", metavar="CMD",
+              help="Run CMD per job: {input} is the input file, {outdir} a folder for outputs, {job_id}.")
+@click.option("--shell", is_flag=True, help="Run --exec through /bin/sh (metadata stays in the environment).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Kill --exec commands after S seconds (the attempt fails).")
+@click.option("--status", default="pending", show_default=True, help="Status queue to serve.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Jobs running at once.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Exit after N jobs.")
+@click.option("--max-attempts", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Attempts before a job is recorded failed and dead-lettered (set on queue creation).")
+@click.option("--retry-delay", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Backoff before the first retry, in seconds; doubles per attempt.")
+@click.option("--grace-period", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds running jobs get to finish after SIGTERM/SIGINT.")
+@pass_context
+def worker(
+    ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
+    concurrency: int, burst: bool, max_jobs: int | None, max_attempts: int, retry_delay: float,
+    grace_period: float,
+) -> None:
+    """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
+
+    With --exec, each job's input is downloaded to a temporary file; every file the command
+    leaves in {outdir} becomes an output, and its stdout and stderr become the outputs
+    `stdout` and `stderr`. Job metadata reaches the command only as environment variables
+    REMOTEJOB_META_<KEY> (and REMOTEJOB_JOB_ID), never inside the command line. A non-zero
+    exit or a timeout fails the attempt; it is retried, then recorded failed.
+
+    A handler FUNCTION(job) returns output assets (a list of {"key", "body"} dicts) or None.
+
+    SIGTERM or Ctrl-C stops taking jobs and lets running ones finish within the grace period;
+    then, or on a second signal, unfinished jobs are released to other workers at once.
+
+    \b
+    Example:
+      remotejob worker --exec 'convert {input} {outdir}/thumb.png' --concurrency 4
+      remotejob worker --exec 'python3 transform.py {input} {outdir}' --timeout 600 --burst
+      remotejob worker thumbnails:make_thumbnail --burst
+    """
+    if (target is None) == (command is None):
+        raise click.UsageError("give either MODULE:FUNCTION or --exec CMD")
+    if command is None and (shell or timeout is not None):
+        raise click.UsageError("--shell and --timeout go with --exec")
+    handler: Handler
+    if command is not None:
+        try:
+            handler = CommandHandler(command, shell=shell, timeout=timeout)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--exec") from exc
+    else:
+        handler = _load_handler(str(target))
+    with ctx.errors():
+        runner = Worker(
+            ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
+            max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
+            max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
+        )
+        count = runner.run()
+        click.echo(f"processed {count} job(s)", err=True)
+    if runner.interrupted:
+        sys.stderr.flush()
+        os._exit(130)  # handler threads still running must not keep the process alive
+
+
+def _demo_handler(job: Any) -> list[dict[str, Any]]:
+    with job.open() as stream:
+        text = stream.read().decode("utf-8")
+    words = len(text.split())
+    return [
+        {"key": "output", "filename": "shout.txt", "body": text.upper()},
+        {"key": "stats", "filename": "stats.json", "body": json.dumps({"words": words})},
+    ]
+
+
+SAMPLES = {
+    "haiku.txt": "an old silent pond\na frog jumps into the pond\nsplash silence again\n",
+    "seed.txt": "remotejob runs jobs on remote machines through S3 and SQS\n",
+    "hello.txt": "hello from the embedded backend\n",
+}
+
+
+@main.command()
+@pass_context
+def demo(ctx: Context) -> None:
+    """Round trip on the embedded default: submit samples, work them, print the results.
+
+    \b
+    Example:
+      remotejob --name demo demo
+    """
+    with ctx.errors(), tempfile.TemporaryDirectory() as tmp:
+        q = ctx.connect()
+        ids = []
+        for filename, text in SAMPLES.items():
+            path = Path(tmp) / filename
+            path.write_text(text)
+            ids.append(q.submit({"body": path, "filename": filename, "sample": "yes"}))
+            out.print(f"submitted [bold]{filename}[/] as job {ids[-1]}")
+        done = Worker(q, _demo_handler, burst=True).run()
+        out.print(f"worker processed {done} job(s) from {q.name}-pending")
+        rows, shouted = [], []
+        for job_id in ids:
+            st = q.wait(job_id, timeout=30)
+            filename = q.retrieve("in", job_id).metadata.get("filename", "")
+            stats = json.loads(q.retrieve("out", f"{job_id}/stats").read())
+            rows.append((filename, job_id, st.state, ", ".join(st.outputs), stats["words"]))
+            shouted.append((filename, q.retrieve("out", f"{job_id}/output").read().decode()))
+        title = f"results in {q.object_store.location}"
+        table(("input", "job", "state", "outputs", "words"), rows, title=title)
+        for filename, text in shouted:
+            out.print(f"[bold]out/<job>/output[/] of {filename}:")
+            out.print(text.rstrip(), markup=False)
+    err.file.flush()
