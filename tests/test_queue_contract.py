@@ -524,3 +524,31 @@ def test_forked_process_can_keep_using_the_parents_queues(local: Queues, backend
     assert child.exitcode == 0
     queues.send(name, "parent still works")
     assert [m.body for m in queues.receive(name)] == ["parent still works"]
+
+
+def _open_fresh(path: str, gate: Any) -> None:
+    from remotejob.backends.local import SqliteQueues
+
+    gate.wait(30)
+    queues = SqliteQueues(path)
+    queues.ensure(["race-pending"], QueueAttributes())
+    queues.send("race-pending", "x")
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(local: Queues, tmp_path: Path) -> None:
+    # Switching a new file to WAL can be refused with "database is locked" without SQLite's
+    # busy handler; every process must still get through.
+    for round_ in range(3):
+        path = str(tmp_path / f"fresh-{round_}.db")
+        ctx = multiprocessing.get_context("spawn")
+        gate = ctx.Event()
+        procs = [ctx.Process(target=_open_fresh, args=(path, gate)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        gate.set()  # all six open the new file at once
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 6
+        from remotejob.backends.local import SqliteQueues
+
+        assert SqliteQueues(path).depth("race-pending").waiting == 6
