@@ -93,7 +93,7 @@ class Heartbeat:
             with self._cond:
                 self._due.pop(job, None)
             return
-        except RemoteJobError as exc:
+        except Exception as exc:  # noqa: BLE001 - the heartbeat thread must outlive any one failure
             logger.warning("job %s: heartbeat failed (%s); trying again soon", job.id, exc)
             with self._cond:
                 self._due[job] = time.monotonic() + min(self.interval, 1.0)

@@ -221,7 +221,10 @@ class Worker:
                 if not messages and self.burst and self._idle(polled_at):
                     break
                 for message in messages:
-                    self._dispatch(message, pool)
+                    try:
+                        self._dispatch(message, pool)
+                    except RemoteJobError as exc:  # it stays in the queue and comes back
+                        logger.error("could not hand a message from %s on: %s", self.queue_name, exc)
         finally:
             with self._cond:
                 self._receiving = False
