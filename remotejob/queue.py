@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import config, keys
@@ -193,8 +193,25 @@ class Queue:
                 self.object_store.delete(keys.input_key(key))
             raise
 
-    def _send_job(self, queue: str, status: str, key: str, meta: Mapping[str, str]) -> str:
-        now = time.time()
+    def submit_many(self, items: Iterable[Mapping[str, Any]], status: str = "pending") -> list[str]:
+        """Submit many jobs, sending their messages in batches (up to 10 per SQS request).
+
+        Each item is a mapping like ``submit()``'s; returns the job ids in order. All items are
+        checked before anything is stored. If sending fails, the jobs not yet sent are removed
+        again (their generated inputs and records) and the error is raised; jobs sent before
+        stay submitted (a warning says how many).
+        """
+        from .batch import submit_many
+
+        return submit_many(self, items, status)
+
+    def trigger_many(self, job_keys: Iterable[str], status: str = "pending") -> list[str]:
+        """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
+        from .batch import trigger_many
+
+        return trigger_many(self, job_keys, status)
+
+    def _create_queued(self, key: str, status: str, now: float) -> str:
         record = {"job": key, "state": "pending", "status": status, "created": now, "updated": now}
         record_key = keys.record_key(key, "queued")
         try:
@@ -206,6 +223,11 @@ class Queue:
                 f"job {key!r} was triggered before, and a job id runs once: store the input under "
                 "a new key (store() without 'key' makes one) to run it again"
             ) from None
+        return record_key
+
+    def _send_job(self, queue: str, status: str, key: str, meta: Mapping[str, str]) -> str:
+        now = time.time()
+        record_key = self._create_queued(key, status, now)
         envelope = Envelope(job=key, key=key, status=status, sent=now, meta=dict(meta))
         try:
             self.message_queue.send(queue, encode(envelope))

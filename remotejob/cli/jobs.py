@@ -87,7 +87,7 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
             ctx.fail(f"{name}: no such file (check the path)", 2)
     with ctx.errors():
         q = ctx.connect()
-        ids = [_submit_one(q, name, meta, status) for name in files]
+        ids = _submit_all(q, files, meta, status)
         if wait_ or fetch_dir:
             done = wait_all(q, ids, timeout)
             failed = _report(done.values(), quiet_ok=True)
@@ -97,6 +97,23 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
                         fetch_outputs(q, st, Path(fetch_dir) / st.id, None)
             if failed:
                 sys.exit(EXIT_FAILED)
+
+
+def _submit_all(q: Queue, files: Sequence[str], meta: dict[str, str], status: str) -> list[str]:
+    """Submit the files (big ones one by one with a progress bar, the rest in batches); print
+    and return the job ids in FILE order."""
+    small = [i for i, n in enumerate(files) if n == "-" or os.path.getsize(n) < PROGRESS_MIN_BYTES]
+    ids: dict[int, str] = {}
+    if small:
+        items = [{"body": sys.stdin.buffer, **meta} if files[i] == "-"
+                 else {"body": Path(files[i]), "filename": Path(files[i]).name, **meta} for i in small]
+        ids.update(zip(small, q.submit_many(items, status=status), strict=True))
+    for i, name in enumerate(files):
+        if i not in ids:
+            ids[i] = _submit_one(q, name, meta, status)
+        click.echo(ids[i])
+    sys.stdout.flush()
+    return [ids[i] for i in range(len(files))]
 
 
 def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str) -> str:
@@ -110,8 +127,6 @@ def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str) -> str:
             if size >= PROGRESS_MIN_BYTES:
                 stream = ProgressReader(body, bar, bar.add_task(f"upload {path.name}", total=size))
             job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status)
-    click.echo(job_id)
-    sys.stdout.flush()
     return job_id
 
 
