@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,15 @@ class CommandHandler:
         self.template = template
         self.shell = shell
         self.timeout = timeout
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def kill_all(self) -> None:
+        """Kill every command still running (each in its own process group), e.g. on a hard stop."""
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            _kill(proc)
 
     def __call__(self, job: Job) -> None:
         with tempfile.TemporaryDirectory(prefix="remotejob-job-") as tmp:
@@ -103,6 +113,8 @@ class CommandHandler:
                 )
             except OSError as exc:
                 return f"the command could not start ({exc.strerror}: {exc.filename or command!r})"
+            with self._lock:
+                self._running.add(proc)
             try:
                 code = proc.wait(self.timeout)
             except subprocess.TimeoutExpired:
@@ -111,6 +123,9 @@ class CommandHandler:
             except BaseException:
                 _kill(proc)
                 raise
+            finally:
+                with self._lock:
+                    self._running.discard(proc)
         return None if code == 0 else f"the command failed with exit status {code}"
 
 

@@ -540,3 +540,41 @@ def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
     for proc in _cli_all(env, tmp_path, *([*command, "--help"] for command in COMMANDS)):
         _ok(proc)
         assert "Example" in proc.stdout, _show(proc)
+
+
+def test_a_stopped_worker_kills_the_commands_it_leaves(backend: BackendSetup, tmp_path: Path) -> None:
+    if backend.kind != "embedded":
+        pytest.skip("process handling does not depend on the backend")
+    env = _env(backend)
+    (tmp_path / "in.txt").write_text("x")
+    [job_id] = _submit(env, tmp_path, "in.txt")
+    pidfile = tmp_path / "command.pid"
+    script = tmp_path / "long.py"
+    script.write_text(
+        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    )
+    worker = subprocess.Popen(
+        _argv(["worker", "--exec", f"{sys.executable} {script}", "--grace-period", "0.5"]),
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.05)
+        pid = int(pidfile.read_text())
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 130  # the grace period ran out with the job running
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the command outlived its worker"
+        time.sleep(0.05)
+    status = json.loads(_ok(_cli(env, tmp_path, "status", "--json", job_id)).stdout)
+    assert status["state"] == "pending"  # released for another worker, not failed

@@ -96,6 +96,8 @@ def worker(
         count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
     if runner.interrupted:
+        if isinstance(handler, CommandHandler):
+            handler.kill_all()  # they run in their own sessions: nothing else would stop them
         sys.stderr.flush()
         os._exit(130)  # handler threads still running must not keep the process alive
 
