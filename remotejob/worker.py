@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
+from . import keys
 from .backends.base import Message
 from .envelope import decode
 from .errors import AlreadyExists, ConfigError, EnvelopeError, RemoteJobError
@@ -172,6 +173,11 @@ class Worker:
         for job in unfinished:
             self._heartbeat.release(job)
             job.release(0)
+            if job.progress_recorded:  # it waits again: it should not look taken
+                try:
+                    self.queue.object_store.delete(keys.record_key(job.id, "progress"))
+                except RemoteJobError as exc:
+                    logger.warning("job %s: could not clear its progress record: %s", job.id, exc)
             logger.warning("job %s did not finish before the worker stopped; released it", job.id)
         if self._stop_level < 2:
             receiver.join(max(0.0, deadline - time.monotonic()))
