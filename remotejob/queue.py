@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import config, keys
+from . import batch, config, dead, keys
 from .backends.base import MessageQueue, ObjectStore, QueueAttributes, StoredObject
 from .bodies import Entry, open_body, parse_entry
 from .completion import encode_record, public_outputs
@@ -170,12 +170,7 @@ class Queue:
         Raises:
             UnknownStatus: the status is not configured. NotFound: nothing is stored at the key.
         """
-        queue = self._status_queue(status)
-        try:
-            info = self.object_store.head(keys.input_key(key))
-        except NotFound:
-            raise NotFound(f"no input stored at in/{key}: store() it before trigger()") from None
-        return self._send_job(queue, status, key, info.metadata)
+        return self.trigger_many([key], status)[0]
 
     def submit(self, data: Mapping[str, Any], status: str = "pending") -> str:
         """Store ``data`` in ``in`` and trigger it in one call; return the job id.
@@ -183,15 +178,7 @@ class Queue:
         Raises:
             Everything store() and trigger() raise; nothing is left stored if triggering fails.
         """
-        queue = self._status_queue(status)
-        entry = parse_entry(data)
-        key = self._store_entry("in", entry)
-        try:
-            return self._send_job(queue, status, key, entry.metadata)
-        except BaseException:
-            if entry.key is None:
-                self.object_store.delete(keys.input_key(key))
-            raise
+        return self.submit_many([data], status)[0]
 
     def submit_many(self, items: Iterable[Mapping[str, Any]], status: str = "pending") -> list[str]:
         """Submit many jobs, sending their messages in batches (up to 10 per SQS request).
@@ -201,15 +188,11 @@ class Queue:
         again (their generated inputs and records) and the error is raised; jobs sent before
         stay submitted (a warning says how many).
         """
-        from .batch import submit_many
-
-        return submit_many(self, items, status)
+        return batch.submit_many(self, items, status)
 
     def trigger_many(self, job_keys: Iterable[str], status: str = "pending") -> list[str]:
         """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
-        from .batch import trigger_many
-
-        return trigger_many(self, job_keys, status)
+        return batch.trigger_many(self, job_keys, status)
 
     def _create_queued(self, key: str, status: str, now: float) -> str:
         record = {"job": key, "state": "pending", "status": status, "created": now, "updated": now}
@@ -224,17 +207,6 @@ class Queue:
                 "a new key (store() without 'key' makes one) to run it again"
             ) from None
         return record_key
-
-    def _send_job(self, queue: str, status: str, key: str, meta: Mapping[str, str]) -> str:
-        now = time.time()
-        record_key = self._create_queued(key, status, now)
-        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=dict(meta))
-        try:
-            self.message_queue.send(queue, encode(envelope))
-        except BaseException:
-            self.object_store.delete(record_key)
-            raise
-        return key
 
     def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
         """Take the next job from a status queue, long-polling until one arrives.
@@ -315,9 +287,7 @@ class Queue:
         Each :class:`~remotejob.DeadLetter` has the original ``body``, the ``reason`` it was
         moved, and its ``job`` id and ``status`` when it is a job.
         """
-        from .dead import list_dead
-
-        return list_dead(self, limit)
+        return dead.list_dead(self, limit)
 
     def redrive(self, limit: int | None = None) -> int:
         """Send dead-lettered jobs back to their status queues; return how many were sent.
@@ -325,9 +295,7 @@ class Queue:
         A job recorded ``failed`` is reopened so a (fixed) worker can run it again; messages
         that are not jobs of a configured status stay in the dead-letter queue.
         """
-        from .dead import redrive
-
-        return redrive(self, limit)
+        return dead.redrive(self, limit)
 
     def work(
         self,

@@ -320,16 +320,3 @@ class Worker:
         ceiling: float = min(self.max_retry_delay, self.retry_delay * 2.0 ** min(attempt - 1, 30))
         return math.ceil(ceiling * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrecy
 
-
-def work(
-    queue: Queue,
-    handler: Handler,
-    status: str = "pending",
-    burst: bool = False,
-    max_jobs: int | None = None,
-    **options: Any,
-) -> int:
-    """Run a :class:`Worker` until it stops; return how many jobs it took."""
-    worker = Worker(queue, handler, status=status, burst=burst, max_jobs=max_jobs, **options)
-    return worker.run()
-

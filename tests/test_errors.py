@@ -177,5 +177,8 @@ class _BrokenQueue:
     def send(self, *args: object, **kwargs: object) -> str:
         raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
 
+    def send_batch(self, *args: object, **kwargs: object) -> list[str]:
+        raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)

@@ -145,15 +145,20 @@ class LocalStore:
             self._db.connection()
             blob, size, etag = self._write_blob(body)
             info = ObjectInfo(key, size, checked, content_type, etag, time.time())
-            row = (key.encode(), blob, size, json.dumps(checked), content_type, etag, info.modified)
-            try:
-                replaced = self._index(row, if_absent)
-            except BaseException:
-                self._unlink(blob)
-                raise
-            if replaced is not None:
-                self._unlink(replaced)
+            self._commit((key.encode(), blob, size, json.dumps(checked), content_type, etag, info.modified),
+                         if_absent)
             return info
+
+    def _commit(self, row: _Row, if_absent: bool) -> None:
+        """Index the row whose blob is written: on failure the blob goes, on success the one
+        it replaced."""
+        try:
+            replaced = self._index(row, if_absent)
+        except BaseException:
+            self._unlink(row[1])
+            raise
+        if replaced is not None:
+            self._unlink(replaced)
 
     def _index(self, row: _Row, if_absent: bool) -> str | None:
         """Insert the row in one transaction; return the blob it replaced, if any."""
@@ -242,14 +247,7 @@ class LocalStore:
             row = self._row(source)
             blob = self._link_blob(row[1])
             info = ObjectInfo(key, row[2], json.loads(row[3]), row[4], row[5], time.time())
-            new_row = (key.encode(), blob, row[2], row[3], row[4], row[5], info.modified)
-            try:
-                replaced = self._index(new_row, if_absent=False)
-            except BaseException:
-                self._unlink(blob)
-                raise
-            if replaced is not None:
-                self._unlink(replaced)
+            self._commit((key.encode(), blob, row[2], row[3], row[4], row[5], info.modified), if_absent=False)
             return info
 
     def _link_blob(self, blob: str) -> str:
