@@ -67,11 +67,11 @@ class Queues:
         """Long-poll wait that proves a message did not come back after a 1 s timeout on SQS."""
         return 0 if self.clock is not None else 3
 
-    def drain(self, queue: str, count: int) -> list[Any]:
+    def drain(self, queue: str, count: int, visibility_s: int = 60) -> list[Any]:
         """Receive until ``count`` messages arrived (SQS may return fewer per call)."""
         received: list[Any] = []
         for _ in range(20):
-            received += self.api.receive(queue, max_messages=10, wait_s=2, visibility_s=60)
+            received += self.api.receive(queue, max_messages=10, wait_s=2, visibility_s=visibility_s)
             if len(received) >= count:
                 break
         return received
@@ -185,6 +185,36 @@ def test_change_visibility_zero_makes_it_receivable_now(q: Queues) -> None:
 
     [again] = q.api.receive(name, wait_s=5, visibility_s=30)
     assert (again.message_id, again.receive_count) == (first.message_id, 2)
+
+
+def test_change_visibility_batch_changes_each_delivery(q: Queues) -> None:
+    [name] = q.make("visbatch")
+    q.api.send_batch(name, [OutgoingMessage(f"m{i}") for i in range(3)])
+    held, also_held, retried = q.drain(name, 3, visibility_s=1)
+
+    stale = q.api.change_visibility_batch(
+        name, [(held.receipt, 60), (also_held.receipt, 60), (retried.receipt, 0)]
+    )
+
+    assert stale == []
+    [again] = q.api.receive(name, wait_s=5, visibility_s=30)
+    assert again.message_id == retried.message_id
+    q.let_pass(2)
+    assert q.api.receive(name, wait_s=q.past_expiry) == []
+    assert q.api.depth(name).in_flight == 3
+    with pytest.raises(PayloadTooLarge):
+        q.api.change_visibility_batch(name, [(held.receipt, 1)] * 11)
+
+
+def test_change_visibility_batch_reports_deliveries_that_are_gone(q: Queues) -> None:
+    [name] = q.make("visgone")
+    q.api.send_batch(name, [OutgoingMessage("kept"), OutgoingMessage("done")])
+    kept, done = q.drain(name, 2)
+    q.api.delete(name, done.receipt)
+
+    stale = q.api.change_visibility_batch(name, [(kept.receipt, 60), (done.receipt, 60)])
+
+    assert stale == [1]
 
 
 def test_change_visibility_extends_the_lease(q: Queues) -> None:

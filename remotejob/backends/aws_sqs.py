@@ -319,6 +319,37 @@ class SqsQueues:
                 QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
             )
 
+    def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
+        """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one request.
+
+        Returns the indices of the entries SQS refused as stale receipts.
+
+        Raises:
+            NotFound: no such queue.
+            PayloadTooLarge: more than 10 entries.
+            ValueError: a visibility outside 0 s to 12 h.
+            BackendUnavailable: SQS cannot be reached, refuses us, or failed some entries for
+                another reason.
+        """
+        validate_batch(len(entries), "visibility batch")
+        for _, seconds in entries:
+            validate_visibility(seconds)
+        url = self._url(queue)
+        batch: list[Any] = [
+            {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": math.ceil(seconds)}
+            for i, (receipt, seconds) in enumerate(entries)
+        ]
+        with self._call("changing the visibility of messages in", queue):
+            reply = self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=batch)
+        failed = reply.get("Failed", [])
+        other = [f for f in failed if not str(f.get("Code")).endswith(_RECEIPT_FAILURES)]
+        if other:
+            listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in other)
+            raise BackendUnavailable(
+                f"SQS at {self._client.endpoint()} could not change visibility in queue {queue!r} ({listed})"
+            )
+        return sorted(int(f["Id"]) for f in failed)
+
     def depth(self, queue: str) -> QueueDepth:
         """Return the queue's approximate message counts.
 

@@ -249,6 +249,13 @@ class MessageQueue(Protocol):
     def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
         """Make the delivery visible again after ``seconds`` (0 = now) from this moment."""
 
+    def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
+        """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one request.
+
+        Returns the indices of the entries whose delivery is gone (deleted, or received again
+        since); the others were changed.
+        """
+
     def depth(self, queue: str) -> QueueDepth:
         """Return the queue's approximate message counts."""
 

@@ -392,6 +392,37 @@ class SqliteQueues:
         if seconds == 0:
             self._signal.notify()
 
+    def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
+        """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one transaction.
+
+        Returns the indices of the entries whose receipt is not the message's latest delivery.
+
+        Raises:
+            NotFound: no such queue.
+            InvalidReceipt: a receipt this backend never issues (nothing is changed).
+            PayloadTooLarge: more than 10 entries.
+            ValueError: a visibility outside 0 s to 12 h.
+        """
+        validate_batch(len(entries), "visibility batch")
+        for _, seconds in entries:
+            validate_visibility(seconds)
+        rows = [(_seq(queue, receipt), receipt, seconds) for receipt, seconds in entries]
+        stale: list[int] = []
+        with self._errors(f"changing visibility in {queue!r}"):
+            self._attributes(queue)
+            now = self._clock()
+            with self._db.transaction() as conn:
+                for index, (seq, receipt, seconds) in enumerate(rows):
+                    cursor = conn.execute(
+                        "UPDATE messages SET visible_at = ? WHERE seq = ? AND queue = ? AND receipt = ?",
+                        (now + seconds, seq, queue, receipt),
+                    )
+                    if cursor.rowcount == 0:
+                        stale.append(index)
+        if any(seconds == 0 for _, seconds in entries):
+            self._signal.notify()
+        return stale
+
     def depth(self, queue: str) -> QueueDepth:
         """Return the queue's message counts: waiting, in flight, and delayed.
 
