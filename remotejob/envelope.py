@@ -2,6 +2,7 @@
 
 ``{"v": 1, "kind": "job", "job": id, "key": key, "meta": {...}, "status": s, "sent": t}``;
 a completion notice (``kind: "notice"``) adds ``"state"`` and, for a failed job, ``"error"``.
+A small input travels inline as ``"body"`` (base64) instead of under ``in/<key>``.
 A pipeline stage's job adds ``"input"`` (the store key of the previous stage's output it reads)
 and ``"outputs"`` (the earlier stages' outputs). Decoding is bounded and validates every field;
 anything else raises :class:`EnvelopeError`.
@@ -12,6 +13,8 @@ A message moved to the dead-letter queue by remotejob is wrapped with the reason
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass, field
@@ -41,6 +44,12 @@ class Envelope:
     """The store key of the input when it is not ``in/<key>`` (a pipeline stage's)."""
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Outputs of earlier pipeline stages, as their records list them."""
+    body: str | None = None
+    """The input body itself, base64, when it travels inline (see ``bodies.inline_fits``)."""
+
+    def inline_body(self) -> bytes | None:
+        """The inline input's bytes, or None when the input is in the store."""
+        return None if self.body is None else base64.b64decode(self.body)
 
 
 def encode(envelope: Envelope) -> str:
@@ -62,6 +71,8 @@ def encode(envelope: Envelope) -> str:
         doc["input"] = envelope.input
     if envelope.outputs:
         doc["outputs"] = envelope.outputs
+    if envelope.body is not None:
+        doc["body"] = envelope.body
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -119,6 +130,14 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("field 'input' must be a key under in/ or out/")
     if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
         raise EnvelopeError("field 'outputs' must map asset names to objects")
+    inline = doc.get("body")
+    if inline is not None:
+        if not isinstance(inline, str) or source is not None:
+            raise EnvelopeError("field 'body' must be base64 text, and not beside 'input'")
+        try:
+            base64.b64decode(inline, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EnvelopeError(f"field 'body' is not base64: {exc}") from exc
     try:
         validate_key(fields["job"])
         validate_key(fields["key"])
@@ -140,6 +159,7 @@ def decode(body: str) -> Envelope:
         error=error,
         input=source,
         outputs=outputs,
+        body=inline,
     )
 
 
@@ -167,10 +187,11 @@ def wrap_dead(body: str, source: str, reason: str) -> str:
     A body too large to wrap keeps its first part, flagged ``"truncated"``.
     """
     doc: dict[str, Any] = {"v": VERSION, "kind": "dead", "source": source, "reason": reason[:1000]}
-    room = MAX_MESSAGE_BYTES - 4096
-    if len(body.encode("utf-8")) * 2 > room:  # JSON escaping at most doubles a typical body
-        body, doc["truncated"] = body[: room // 12], True
-    doc["body"] = body
+    text = json.dumps({**doc, "body": body}, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES:
+        return text
+    room = MAX_MESSAGE_BYTES - 8192  # the wrapper and the reason
+    doc["body"], doc["truncated"] = body[: room // 12], True  # JSON escaping is at most 6 bytes a char
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -8,6 +8,7 @@ finish from the record, without running the handler again.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from .backends.base import Message
 from .bodies import Entry, copy_to_file, parse_entry
 from .envelope import Envelope, wrap_dead
 from .errors import AlreadyExists, InvalidReceipt, NotFound
+from .outbox import Finished, Outbox
 from .status import JobStatus, decode_status, error_text, worker_id
 
 if TYPE_CHECKING:
@@ -47,7 +49,9 @@ class Job:
         error: for a notice of a failed job, its error.
     """
 
-    def __init__(self, queue: Queue, envelope: Envelope, message: Message) -> None:
+    def __init__(
+        self, queue: Queue, envelope: Envelope, message: Message, outbox: Outbox | None = None
+    ) -> None:
         self.queue = queue
         self.id = envelope.job
         self.key = envelope.key
@@ -64,9 +68,12 @@ class Job:
         self._envelope = envelope
         self._body = message.body
         self._acknowledged = False
+        self._outbox = outbox
         self._finished = False
         self._lock = threading.Lock()
         self.progress_recorded = False
+        self.running = False
+        """Set when a worker's handler starts on it (it may first wait, prefetched)."""
         self.lease_lost = False
         """Set when a heartbeat found the delivery gone: another attempt may be running."""
 
@@ -74,8 +81,11 @@ class Job:
         return f"Job(id={self.id!r}, status={self.status!r}, receive_count={self.receive_count})"
 
     @property
-    def input_key(self) -> str:
-        """The store key of this stage's input: ``in/<key>``, or the previous stage's output."""
+    def input_key(self) -> str | None:
+        """The store key of this stage's input: ``in/<key>``, or the previous stage's output;
+        None when the input travels inline in the message."""
+        if self._envelope.body is not None:
+            return None
         return self._envelope.input or keys.input_key(self.key)
 
     @property
@@ -89,12 +99,15 @@ class Job:
         Raises:
             NotFound: the input was removed.
         """
-        return self.queue.object_store.get(self.input_key).open()
+        inline = self._envelope.inline_body()
+        if inline is not None:
+            return io.BytesIO(inline)
+        return self.queue.object_store.get(self._envelope.input or keys.input_key(self.key)).open()
 
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Stream the job's input body into ``path`` (written atomically) and return the path."""
-        with self.queue.object_store.get(self.input_key) as obj:
-            copy_to_file(obj.open(), path)
+        with self.open() as stream:
+            copy_to_file(stream, path)
         return Path(path)
 
     def acknowledge(self) -> None:
@@ -249,11 +262,20 @@ class Job:
             queue._hand_on(self._envelope, str(next_status), record)
             if self.progress_recorded:
                 queue.object_store.delete(keys.record_key(self.id, "progress"))
-        elif notify:
-            queue._notify_done(self, str(record["state"]), record.get("error"), record.get("outputs"))
+        notice = None
+        if next_status is None and notify:
+            notice = queue._notice(self, str(record["state"]), record.get("error"), record.get("outputs"))
         if record.get("dead"):
             dead = keys.dead_letter_name(queue.name)
             queue.message_queue.send(dead, wrap_dead(self._body, self.status, str(record["dead"])))
+        if self._outbox is not None and not self._acknowledged:
+            # The worker's outbox sends the notice, then deletes the delivery, ten jobs a request.
+            source = keys.queue_name(queue.name, self.status)
+            self._outbox.put(Finished(source, self.receipt, *(notice or ())))
+            self._acknowledged = True
+            return
+        if notice is not None:
+            queue.message_queue.send(*notice)
         self._drop(stale_ok=stale_ok)
 
     def _drop(self, *, stale_ok: bool) -> None:
@@ -305,8 +327,9 @@ def _handed_asset(names: Sequence[str], next_input: str | None) -> str | None:
     raise ValueError(f"several assets {list(names)}: name the one to hand on with next_input=")
 
 
-def _next_input(job: Job, handed: str | None) -> str:
-    return job.input_key if handed is None else keys.output_key(job.id, handed)
+def _next_input(job: Job, handed: str | None) -> str | None:
+    """The next stage's input key; None: this stage's own input (inline or ``in/<key>``)."""
+    return job._envelope.input if handed is None else keys.output_key(job.id, handed)
 
 
 def progress_record(job: Job) -> bytes:
@@ -325,12 +348,14 @@ def progress_record(job: Job) -> bytes:
 
 def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> Envelope:
     """The envelope that hands a job on to ``status`` after the stage that wrote ``record``."""
+    source = record.get("input")
     return Envelope(
         job=envelope.job,
         key=envelope.key,
         status=status,
         sent=float(record["created"]),
         meta=envelope.meta,
-        input=str(record["input"]),
+        input=None if source is None else str(source),
         outputs=completion.public_outputs(record.get("outputs") or {}),
+        body=envelope.body if source is None else None,
     )

@@ -9,6 +9,8 @@ One job system keeps everything in one bucket/prefix (or folder)::
     jobs/<job-id>/final
     jobs/<job-id>/handoff-<status>         a pipeline stage's create-once record
     jobs/<job-id>/attempts/<attempt>/<asset>   an attempt's staged outputs (see ``completion.py``)
+    batches/<batch-id>           one submit's manifest: its generated job ids are
+                                 ``<batch-id>-<n>`` for n below its job count (see ``batch.py``)
 
 Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
 published outputs.
@@ -18,6 +20,7 @@ and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<nam
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
@@ -92,3 +95,22 @@ def dead_letter_name(name: str) -> str:
 def new_key() -> str:
     """A fresh job id: 12 hex digits of milliseconds (so ids sort by time) and 64 random bits."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+_BATCH_JOB = re.compile(r"([0-9a-f]{28})-(0|[1-9][0-9]{0,8})")
+
+
+def batch_key(batch_id: str) -> str:
+    """Where the manifest of one submitted batch lives."""
+    return validate_key(f"batches/{batch_id}")
+
+
+def batch_job_id(batch_id: str, index: int) -> str:
+    """The id of the ``index``-th generated job of a batch."""
+    return f"{batch_id}-{index}"
+
+
+def parse_batch_job(job_id: str) -> tuple[str, int] | None:
+    """``(batch id, index)`` if ``job_id`` has the shape of a batch's generated job id."""
+    match = _BATCH_JOB.fullmatch(job_id)
+    return None if match is None else (match[1], int(match[2]))

@@ -1,9 +1,10 @@
 """The heartbeat that keeps running jobs' messages invisible while their handlers work.
 
-One thread serves every job a worker runs. Every third of the visibility timeout it extends each
-held job's visibility by the full timeout, so a job may run for any length of time (up to SQS's
-12 hours from its receipt) without being delivered again. The first extension of a job also
-writes its ``inprogress`` record, so jobs shorter than a third of the timeout never pay for it.
+One thread serves every job a worker holds. Every third of the visibility timeout it extends each
+held job's visibility by the full timeout, ten jobs per request, so a job may run for any length
+of time (up to SQS's 12 hours from its receipt) without being delivered again. The first
+extension of a running job also writes its ``inprogress`` record, so jobs shorter than a third of
+the timeout never pay for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .errors import InvalidReceipt, NotFound, RemoteJobError
+from . import keys
+from .errors import RemoteJobError
 
 if TYPE_CHECKING:
     from .job import Job
@@ -77,31 +79,41 @@ class Heartbeat:
                 if self._stopped:
                     return
             with self._beating:
+                by_queue: dict[str, list[Job]] = {}
                 for job in due:
                     if job in self._due:
-                        self._beat(job)
+                        by_queue.setdefault(keys.queue_name(self.queue.name, job.status), []).append(job)
+                for name, jobs in by_queue.items():
+                    for start in range(0, len(jobs), 10):
+                        self._beat(name, jobs[start:start + 10])
 
-    def _beat(self, job: Job) -> None:
+    def _beat(self, queue_name: str, jobs: list[Job]) -> None:
         try:
-            job.extend(self.visibility_s)
-        except (InvalidReceipt, NotFound):
-            logger.warning(
-                "job %s: its message was received elsewhere or deleted; another attempt may run it",
-                job.id,
-            )
-            job.lease_lost = True
-            with self._cond:
-                self._due.pop(job, None)
-            return
+            gone = set(self.queue.message_queue.change_visibility_batch(
+                queue_name, [(job.receipt, self.visibility_s) for job in jobs]
+            ))
         except Exception as exc:  # noqa: BLE001 - the heartbeat thread must outlive any one failure
-            logger.warning("job %s: heartbeat failed (%s); trying again soon", job.id, exc)
+            logger.warning("heartbeat of %d job(s) failed (%s); trying again soon", len(jobs), exc)
             with self._cond:
-                self._due[job] = time.monotonic() + min(self.interval, 1.0)
+                for job in jobs:
+                    if job in self._due:
+                        self._due[job] = time.monotonic() + min(self.interval, 1.0)
             return
-        with self._cond:
-            self._due[job] = time.monotonic() + self.interval
-        if not job.progress_recorded:
-            try:
-                job.record_progress()
-            except RemoteJobError as exc:
-                logger.warning("job %s: could not record it in progress: %s", job.id, exc)
+        for index, job in enumerate(jobs):
+            if index in gone:
+                logger.warning(
+                    "job %s: its message was received elsewhere or deleted; another attempt may run it",
+                    job.id,
+                )
+                job.lease_lost = True
+                with self._cond:
+                    self._due.pop(job, None)
+                continue
+            with self._cond:
+                if job in self._due:
+                    self._due[job] = time.monotonic() + self.interval
+            if job.running and not job.progress_recorded:
+                try:
+                    job.record_progress()
+                except RemoteJobError as exc:
+                    logger.warning("job %s: could not record it in progress: %s", job.id, exc)

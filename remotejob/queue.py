@@ -29,7 +29,7 @@ from .errors import (
 )
 from .job import Job, next_stage, progress_record
 from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_key, validate_queue_name
-from .status import JobStatus, decode_status
+from .status import JobStatus, decode_manifest, decode_status
 
 if TYPE_CHECKING:
     from .worker import Handler
@@ -173,7 +173,13 @@ class Queue:
         return self.trigger_many([key], status)[0]
 
     def submit(self, data: Mapping[str, Any], status: str = "pending") -> str:
-        """Store ``data`` in ``in`` and trigger it in one call; return the job id.
+        """Submit one job: its input and metadata, then its message; return the job id.
+
+        ``data`` is like ``store()``'s. Without a ``key``, the job id is generated and a small
+        body (one that fits in the message, about 180 KiB) travels inline in the message
+        instead of being stored under ``in/``; with a ``key``, the body is stored as
+        ``in/<key>`` and the key is the job id. Either way the worker reads it with
+        ``job.open()``.
 
         Raises:
             Everything store() and trigger() raise; nothing is left stored if triggering fails.
@@ -184,7 +190,8 @@ class Queue:
         """Submit many jobs, sending their messages in batches (up to 10 per SQS request).
 
         Each item is a mapping like ``submit()``'s; returns the job ids in order. All items are
-        checked before anything is stored. If sending fails, the jobs not yet sent are removed
+        checked before anything is stored. The generated ids share one manifest object, so a
+        batch of small jobs costs one S3 request in all. If sending fails, the jobs not yet sent are removed
         again (their generated inputs and records) and the error is raised; jobs sent before
         stay submitted (a warning says how many).
         """
@@ -250,16 +257,18 @@ class Queue:
         self.message_queue.send(keys.dead_letter_name(self.name), wrap_dead(body, queue, reason))
         self.message_queue.delete(queue, receipt)
 
-    def _notify_done(
+    def _notice(
         self, job: Job, state: str, error: str | None, outputs: Mapping[str, Any] | None = None
-    ) -> None:
+    ) -> tuple[str, str] | None:
+        """The completion notice of a finished job, ``(queue, body)``; None without a
+        ``completed`` status (or for a job that ran in it)."""
         if "completed" not in self.statuses or job.status == "completed":
-            return
+            return None
         notice = Envelope(
             job=job.id, key=job.key, status="completed", sent=time.time(), meta=job.metadata,
             kind="notice", state=state, error=error, outputs=public_outputs(outputs or {}),
         )
-        self.message_queue.send(self._status_queue("completed"), encode(notice))
+        return self._status_queue("completed"), encode(notice)
 
     def _hand_on(self, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
         now = time.time()
@@ -336,6 +345,15 @@ class Queue:
                     return decode_status(job_id, obj.read())
             except NotFound:
                 continue
+        batched = keys.parse_batch_job(job_id)
+        if batched is not None:
+            try:
+                with self.object_store.get(keys.batch_key(batched[0])) as obj:
+                    pending = decode_manifest(job_id, batched[1], obj.read())
+            except NotFound:
+                pending = None
+            if pending is not None:
+                return pending
         raise NotFound(f"no job {job_id!r} in {self.name!r}: it was never submitted")
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobStatus:

@@ -6,7 +6,9 @@
 - ``final``: created once, by the attempt that won the claim (see ``completion.py``), naming
   that attempt and each output with its SHA-256 and size.
 
-``status()`` reads the final record first, so a finished job never looks unfinished.
+``status()`` reads the final record first, so a finished job never looks unfinished. A job
+submitted in a batch has no ``queued`` record: its batch's manifest (``batches/<batch-id>``, see
+``batch.py``) says it is pending.
 """
 
 from __future__ import annotations
@@ -106,3 +108,18 @@ def error_text(error: BaseException | str) -> str:
         text = str(error)
         return f"{type(error).__name__}: {text}" if text else type(error).__name__
     return str(error)
+
+
+def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
+    """The pending status of the ``index``-th job of a batch manifest; None if it has no such job.
+
+    Raises:
+        RemoteJobError: the manifest is not one of ours.
+    """
+    try:
+        count = json.loads(raw)["jobs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteJobError(f"batch manifest of job {job_id!r} is corrupt: {exc}") from exc
+    if not isinstance(count, int) or index >= count:
+        return None
+    return decode_status(job_id, raw)

@@ -28,6 +28,7 @@ from .errors import AlreadyExists, ConfigError, EnvelopeError, RemoteJobError
 from .job import Job
 from .lease import Heartbeat
 from .limits import MAX_VISIBILITY_S
+from .outbox import Outbox
 from .queue import Queue
 from .status import error_text
 
@@ -37,6 +38,8 @@ Handler = Callable[[Job], Sequence[Mapping[str, Any]] | None]
 
 BURST_WAIT_S = 1
 """How long a burst worker long-polls before it decides the queue is empty."""
+GATHER_S = 0.05
+"""How long the receiver, with jobs still running, waits for room to take ten messages at once."""
 _ERROR_PAUSE_S = 5.0
 """How long the worker waits after the queue could not be reached before it tries again."""
 
@@ -57,7 +60,10 @@ class Worker:
         queue: the job system.
         handler: called with each job, on a thread of the worker's pool.
         status: the status queue to serve.
-        concurrency: handlers running at once; the worker never holds more messages than this.
+        concurrency: handlers running at once.
+        prefetch: messages the worker may hold beyond ``concurrency``, waiting for a free
+            handler (their visibility is extended like running jobs'), so that one receive can
+            take ten; 0 for long jobs spread over many workers, so none waits behind another.
         max_jobs: stop after taking this many jobs (None: no limit).
         burst: stop once the queue is empty and nothing runs or waits to be retried.
         grace_period: seconds running handlers get to finish after a stop; their messages are
@@ -84,11 +90,14 @@ class Worker:
         retry_delay: float = 1.0,
         max_retry_delay: float = 900.0,
         handle_signals: bool = True,
+        prefetch: int = 2,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_jobs is not None and (not isinstance(max_jobs, int) or max_jobs < 1):
             raise ConfigError(f"max_jobs must be a positive integer or None, got {max_jobs!r}")
         if queue.visibility_timeout < 1:
@@ -102,6 +111,7 @@ class Worker:
         self.status = status
         self.queue_name = queue._status_queue(status)
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.max_jobs = max_jobs
         self.burst = burst
         self.grace_period = grace_period
@@ -117,6 +127,7 @@ class Worker:
         self._receiving = False
         self._retry_until = 0.0
         self._heartbeat = Heartbeat(queue, queue.visibility_timeout)
+        self._outbox = Outbox(queue.message_queue)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -126,7 +137,7 @@ class Worker:
 
         Their results will be discarded; a process should exit without waiting for them.
         """
-        return bool(self._released)
+        return any(job.running for job in self._released)
 
     def stop(self, now: bool = False) -> None:
         """Stop taking jobs; running handlers get the grace period (none with ``now``)."""
@@ -146,6 +157,7 @@ class Worker:
         previous = self._install_signals()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
         self._heartbeat.start()
+        self._outbox.start()
         self._receiving = True
         receiver = threading.Thread(target=self._receive_loop, args=(pool,), name="remotejob-receiver",
                                     daemon=True)
@@ -159,10 +171,17 @@ class Worker:
         finally:
             pool.shutdown(wait=self._stop_level == 0, cancel_futures=True)
             self._heartbeat.stop()
+            self._outbox.close()
             self._restore_signals(previous)
         return self.taken
 
     def _shut_down(self, receiver: threading.Thread) -> None:
+        with self._cond:  # prefetched jobs that no handler started go back at once
+            waiting = [job for job in self._running if not job.running]
+            for job in waiting:
+                del self._running[job]
+            self._released.update(waiting)
+        self._let_go(waiting)
         logger.info("stopping: %d job(s) running, grace period %s s", len(self._running), self.grace_period)
         deadline = time.monotonic() + self.grace_period
         with self._cond:
@@ -170,9 +189,8 @@ class Worker:
                 self._cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
             unfinished = list(self._running)
             self._released.update(unfinished)
+        self._let_go(unfinished)
         for job in unfinished:
-            self._heartbeat.release(job)
-            job.release(0)
             if job.progress_recorded:  # it waits again: it should not look taken
                 try:
                     self.queue.object_store.delete(keys.record_key(job.id, "progress"))
@@ -181,6 +199,11 @@ class Worker:
             logger.warning("job %s did not finish before the worker stopped; released it", job.id)
         if self._stop_level < 2:
             receiver.join(max(0.0, deadline - time.monotonic()))
+
+    def _let_go(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._heartbeat.release(job)
+        self._make_visible([job.receipt for job in jobs])
 
     def _install_signals(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
@@ -196,19 +219,28 @@ class Worker:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def _free_slots(self) -> int:
+    def _room(self) -> int:
+        """How many messages to receive next: wait until a handler would otherwise be idle, then
+        (while others still run) up to ``GATHER_S`` for room to take ten in one request."""
+        capacity = self.concurrency + self.prefetch
         with self._cond:
             while len(self._running) >= self.concurrency and not self._stop_level:
                 self._cond.wait(0.2)
-            free = self.concurrency - len(self._running)
+            deadline = time.monotonic() + GATHER_S
+            while self._running and capacity - len(self._running) < min(10, capacity):
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop_level:
+                    break
+                self._cond.wait(left)
+            room = capacity - len(self._running)
         if self.max_jobs is not None:
-            free = min(free, self.max_jobs - self.taken)
-        return min(free, 10)
+            room = min(room, self.max_jobs - self.taken)
+        return min(room, 10)
 
     def _receive_loop(self, pool: ThreadPoolExecutor) -> None:
         try:
             while not self._stop_level:
-                free = self._free_slots()
+                free = self._room()
                 if self._stop_level or free <= 0:
                     break
                 wait = BURST_WAIT_S if self.burst else max(1, self.queue.wait_time)
@@ -242,11 +274,17 @@ class Worker:
             return not self._running and polled_at >= self._retry_until
 
     def _give_back(self, messages: list[Message]) -> None:
-        for message in messages:
+        self._make_visible([message.receipt for message in messages])
+
+    def _make_visible(self, receipts: list[str]) -> None:
+        """Make deliveries visible again at once (ten per request), e.g. while stopping."""
+        for start in range(0, len(receipts), 10):
             try:
-                self.queue.message_queue.change_visibility(self.queue_name, message.receipt, 0)
+                self.queue.message_queue.change_visibility_batch(
+                    self.queue_name, [(receipt, 0) for receipt in receipts[start:start + 10]]
+                )
             except RemoteJobError as exc:
-                logger.warning("could not give back a message while stopping: %s", exc)
+                logger.warning("could not give back messages while stopping: %s", exc)
 
     def _dispatch(self, message: Message, pool: ThreadPoolExecutor) -> None:
         try:
@@ -254,7 +292,7 @@ class Worker:
         except EnvelopeError as exc:
             self.queue._dead_letter(self.queue_name, message.body, message.receipt, str(exc))
             return
-        job = Job(self.queue, envelope, message)
+        job = Job(self.queue, envelope, message, self._outbox)
         if envelope.kind != "job":
             logger.warning("a completion notice in %s is not a job; removing it", self.queue_name)
             job.acknowledge()
@@ -262,25 +300,28 @@ class Worker:
         with self._cond:
             self.taken += 1
             self._running[job] = time.monotonic()
+        self._heartbeat.hold(job)  # from now: it may wait for a handler (prefetch)
         pool.submit(self._execute, job)
 
     # -- running ---------------------------------------------------------------------------
 
     def _execute(self, job: Job) -> None:
         try:
+            with self._cond:
+                if job in self._released:  # it waited for a handler until the worker stopped
+                    return
+                job.started = time.time()
+                job.running = True
             if job.receive_count > 1 and job.finish_if_done():
                 logger.info("job %s was already finished; dropped its redelivery", job.id)
                 return
-            self._heartbeat.hold(job)
-            try:
-                self._run_handler(job)
-            finally:
-                self._heartbeat.release(job)
+            self._run_handler(job)
         except AlreadyExists:
             logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
         except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
             logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
         finally:
+            self._heartbeat.release(job)
             with self._cond:
                 self._running.pop(job, None)
                 self._cond.notify_all()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import remotejob
 from remotejob import keys
+from remotejob.batch import INLINE_ENVELOPE_MAX
 from remotejob.errors import AlreadyExists, MetadataError, NotFound
 from tests.conftest import BackendSetup
 
@@ -61,3 +65,63 @@ def test_trigger_many_needs_every_input_and_runs_each_key_once(backend: BackendS
     assert _depth(q) == 2  # a and b; nothing of the refused batch was sent
     with pytest.raises(NotFound):
         q.status("c")  # its queued record was taken back
+
+
+def test_small_inputs_travel_inline_and_large_ones_are_stored(backend: BackendSetup, tmp_path: Path) -> None:
+    q = backend.connect(wait_time=1)
+    small_file = tmp_path / "small.txt"
+    small_file.write_bytes(b"from a file")
+    large = os.urandom(INLINE_ENVELOPE_MAX)  # too large for a message once base64-encoded
+    bodies = {"bytes": b"\x00\xffsmall", "text": "Ünïcode", "file": small_file, "large": large}
+    ids = {name: q.submit({"body": body, "name": name}) for name, body in bodies.items()}
+
+    assert [info.key for info in q.object_store.list("in/")] == [f"in/{ids['large']}"]
+    read: dict[str, bytes] = {}
+
+    def keep(job: remotejob.Job) -> None:
+        with job.open() as stream:
+            read[job.metadata["name"]] = stream.read()
+        assert job.download(tmp_path / job.id).read_bytes() == read[job.metadata["name"]]
+
+    q.work(keep, burst=True, handle_signals=False)
+    assert read == {"bytes": b"\x00\xffsmall", "text": "Ünïcode".encode(), "file": b"from a file",
+                    "large": large}
+    assert all(q.status(job_id).state == "completed" for job_id in ids.values())
+
+
+def test_status_tells_batched_jobs_from_ids_never_submitted(backend: BackendSetup) -> None:
+    q = backend.connect(wait_time=1)
+    ids = q.submit_many({"body": f"{i}"} for i in range(3))
+    batch_id = ids[0].rpartition("-")[0]
+
+    assert [q.status(job_id).state for job_id in ids] == ["pending"] * 3
+    assert [info.key for info in q.object_store.list("")] == [f"batches/{batch_id}"]
+    for never in (f"{batch_id}-3", f"{keys.new_key()}-0"):
+        with pytest.raises(NotFound, match="never submitted"):
+            q.status(never)
+    q.work(lambda job: None, burst=True, handle_signals=False)
+    assert [q.status(job_id).state for job_id in ids] == ["completed"] * 3
+
+
+def test_a_small_batched_job_costs_two_s3_requests_and_batched_sqs_calls(backend: BackendSetup) -> None:
+    if backend.kind == "embedded":
+        pytest.skip("counts AWS requests")
+    from remotejob.backends.aws import request_counts
+
+    q = backend.connect(wait_time=1)
+    q.init()
+    jobs = 30
+    before = request_counts()
+    ids = q.submit_many({"body": f"job {i}"} for i in range(jobs))
+    q.work(lambda job: None, burst=True, concurrency=8, handle_signals=False)
+    assert [q.status(job_id).state for job_id in ids] == ["completed"] * jobs
+    after = request_counts()
+    made = {op: n - before.get(op, 0) for op, n in after.items() if n > before.get(op, 0)}
+
+    s3 = {op: n for op, n in made.items() if op.startswith("S3.")}
+    assert s3 == {"S3.PutObject": 1 + jobs, "S3.GetObject": jobs}  # manifest, final records, reads
+    for one_at_a_time in ("SQS.SendMessage", "SQS.DeleteMessage", "SQS.ChangeMessageVisibility"):
+        assert made.get(one_at_a_time, 0) == 0, made
+    assert made["SQS.SendMessageBatch"] >= 3 + 3  # the jobs, then their completion notices
+    notices = q.message_queue.depth(keys.queue_name(q.name, "completed"))
+    assert notices.waiting + notices.in_flight == jobs

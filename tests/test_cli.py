@@ -130,3 +130,14 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert done.stdout.count("completed") == 3
     assert "AN OLD SILENT POND" in done.stdout
     assert (tmp_path / ".remotejob" / "queues.db").exists()
+
+
+def test_ls_lists_batched_jobs_before_they_run(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    ids = _connect(env).submit_many({"body": f"job {i}"} for i in range(3))
+
+    listed = _cli(env, tmp_path, "ls", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    docs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((d["id"], d["state"]) for d in docs) == sorted((i, "pending") for i in ids)

@@ -32,7 +32,7 @@ def test_environment_selects_the_backend(
     if queues:
         monkeypatch.setenv("REMOTEJOB_QUEUES", queues)
     name = unique("env")
-    job_id = remotejob.connect(name).submit({"body": b"via env"})
+    job_id = remotejob.connect(name).submit({"body": b"via env", "key": unique("k")})
     explicit = remotejob.connect(name, store=store, queues=queues)
     assert explicit.retrieve("in", job_id).read() == b"via env"
     assert explicit.object_store.location == remotejob.connect(name).object_store.location
@@ -45,7 +45,7 @@ def test_default_bucket_is_created_on_first_use(backend: BackendSetup) -> None:
     q = remotejob.connect(name, store="s3://", queues="sqs://")
     assert q.object_store.location == f"s3://remotejobs-{name}/"
     job_id = q.submit({"body": b"first"})
-    assert q.retrieve("in", job_id).read() == b"first"
+    assert q.status(job_id).state == "pending"  # its batch manifest made the bucket
     assert backend.s3_endpoint
     s3 = servers._client("s3", backend.s3_endpoint)
     buckets = [b["Name"] for b in s3.list_buckets()["Buckets"]]  # type: ignore[attr-defined]

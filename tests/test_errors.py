@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,21 +164,40 @@ def test_failed_trigger_leaves_no_input(backend: BackendSetup) -> None:
     q.message_queue = _BrokenQueue(q.message_queue)
     with pytest.raises(remotejob.BackendUnavailable):
         q.submit({"body": io.BytesIO(b"x" * 10)})
-    assert [k for k in _stored_keys(q) if k.startswith("in/")] == []
+    assert _stored_keys(q) == []  # no input, no record, no batch manifest
+
+
+def test_a_batch_cut_short_keeps_only_the_jobs_sent(backend: BackendSetup) -> None:
+    q = backend.connect()
+    q.init()
+    q.message_queue = _BrokenQueue(q.message_queue, working_sends=1)
+    with pytest.raises(remotejob.BackendUnavailable):
+        q.submit_many({"body": f"job {i}"} for i in range(15))
+
+    [manifest] = _stored_keys(q)
+    batch_id = manifest.removeprefix("batches/")
+    assert [q.status(f"{batch_id}-{i}").state for i in range(10)] == ["pending"] * 10
+    for unsent in range(10, 15):
+        with pytest.raises(remotejob.NotFound):
+            q.status(f"{batch_id}-{unsent}")
 
 
 class _BrokenQueue:
     """A queue backend whose sends fail, as an unreachable SQS would (the real one behind it
     still answers everything else)."""
 
-    def __init__(self, inner: object) -> None:
+    def __init__(self, inner: Any, working_sends: int = 0) -> None:
         self._inner = inner
+        self._working_sends = working_sends
         self.location = "broken://"
 
     def send(self, *args: object, **kwargs: object) -> str:
         raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
 
-    def send_batch(self, *args: object, **kwargs: object) -> list[str]:
+    def send_batch(self, *args: Any, **kwargs: Any) -> list[str]:
+        if self._working_sends > 0:
+            self._working_sends -= 1
+            return self._inner.send_batch(*args, **kwargs)  # type: ignore[no-any-return]
         raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
 
     def __getattr__(self, name: str) -> object:

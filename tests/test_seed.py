@@ -108,7 +108,11 @@ def test_metadata_round_trips_exactly(backend: BackendSetup) -> None:
         "with space": "x",
         "emoji": "🐈",
     }
-    job_id = q.submit({"body": b"x", **meta})
-    assert q.retrieve("in", job_id).metadata == meta
-    job = q.next("pending", timeout=10)
-    assert job is not None and job.metadata == meta
+    key = q.store("in", {"body": b"x", **meta})
+    assert q.retrieve("in", key).metadata == meta
+    q.trigger(key)
+    q.submit({"body": b"inline", **meta})
+    for _ in range(2):
+        job = q.next("pending", timeout=10)
+        assert job is not None and job.metadata == meta
+        job.acknowledge()

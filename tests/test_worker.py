@@ -76,7 +76,20 @@ def test_max_jobs_stops_after_that_many(backend: BackendSetup) -> None:
     assert states == ["completed", "completed", "completed", "pending"]
 
 
-def test_never_holds_more_messages_than_free_slots(backend: BackendSetup) -> None:
+def test_a_lone_finished_job_is_deleted_and_notified_while_the_worker_runs_on(backend: BackendSetup) -> None:
+    q = connect(backend, visibility_timeout=30)
+    job_id = q.submit({"body": b"only one"})
+    worker = remotejob.Worker(q, upper, handle_signals=False)
+    with running(worker):
+        wait_until(lambda: q.status(job_id).state == "completed", what="the job to complete")
+        pending = keys.queue_name(q.name, "pending")
+        wait_until(lambda: q.message_queue.depth(pending).in_flight == 0, what="its message to go")
+        notice = q.next("completed", timeout=10)
+        assert notice is not None and notice.id == job_id and notice.state == "completed"
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_holds_no_more_messages_than_its_slots_and_prefetch(backend: BackendSetup, prefetch: int) -> None:
     q = connect(backend, visibility_timeout=30)
     for _ in range(8):
         q.submit({"body": b"x"})
@@ -87,12 +100,16 @@ def test_never_holds_more_messages_than_free_slots(backend: BackendSetup) -> Non
         started.append(job.id)
         release.wait(30)
 
-    worker = remotejob.Worker(q, blocked, concurrency=3, handle_signals=False, burst=True)
+    worker = remotejob.Worker(q, blocked, concurrency=3, prefetch=prefetch, handle_signals=False, burst=True)
     with running(worker):
         wait_until(lambda: len(started) == 3, what="three handlers to start")
-        depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
-        assert (depth.in_flight, depth.waiting) == (3, 5)
-        release.set()
+        pending = keys.queue_name(q.name, "pending")
+        wait_until(lambda: q.message_queue.depth(pending).in_flight == 3 + prefetch, what="prefetching")
+        try:
+            depth = q.message_queue.depth(pending)
+            assert (depth.in_flight, depth.waiting, len(started)) == (3 + prefetch, 5 - prefetch, 3)
+        finally:
+            release.set()
         wait_until(lambda: len(started) == 8, what="all jobs to run")
 
 
@@ -192,9 +209,7 @@ def test_short_jobs_never_record_inprogress(backend: BackendSetup) -> None:
     q.work(upper, burst=True, handle_signals=False)
 
     assert q.status(job_id).state == "completed"
-    assert [i.key for i in q.object_store.list(f"jobs/{job_id}/")] == [
-        f"jobs/{job_id}/final", f"jobs/{job_id}/queued"
-    ]
+    assert [i.key for i in q.object_store.list(f"jobs/{job_id}/")] == [f"jobs/{job_id}/final"]
 
 
 def test_one_completion_notice_per_finished_job(backend: BackendSetup) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import click
 
+from .. import keys
 from ..bodies import copy_to_file
 from ..errors import NotFound, WaitTimeout
 from ..queue import Queue
@@ -319,7 +321,21 @@ def recent_jobs(q: Queue) -> list[str]:
         job_id, _, record = info.key[len("jobs/"):].rpartition("/")
         if job_id and (record in RECORDS or record.startswith("handoff-")) and "/attempts/" not in info.key:
             latest[job_id] = max(latest.get(job_id, 0.0), info.modified)
+    for info in q.object_store.list("batches/"):  # batched jobs that have no record yet
+        with q.object_store.get(info.key) as obj:
+            count = _batch_size(obj.read())
+        batch_id = info.key[len("batches/"):]
+        for index in range(count):
+            latest.setdefault(keys.batch_job_id(batch_id, index), info.modified)
     return sorted(latest, key=lambda job_id: latest[job_id], reverse=True)
+
+
+def _batch_size(raw: bytes) -> int:
+    try:
+        count = json.loads(raw)["jobs"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return count if isinstance(count, int) else 0
 
 
 @main.command(name="ls")

@@ -130,18 +130,17 @@ def demo(ctx: Context) -> None:
     """
     with ctx.errors(), tempfile.TemporaryDirectory() as tmp:
         q = ctx.connect()
-        ids = []
+        ids = {}
         for filename, text in SAMPLES.items():
             path = Path(tmp) / filename
             path.write_text(text)
-            ids.append(q.submit({"body": path, "filename": filename, "sample": "yes"}))
-            out.print(f"submitted [bold]{filename}[/] as job {ids[-1]}")
+            job_id = ids[filename] = q.submit({"body": path, "filename": filename, "sample": "yes"})
+            out.print(f"submitted [bold]{filename}[/] as job {job_id}")
         done = Worker(q, _demo_handler, burst=True).run()
         out.print(f"worker processed {done} job(s) from {q.name}-pending")
         rows, shouted = [], []
-        for job_id in ids:
+        for filename, job_id in ids.items():
             st = q.wait(job_id, timeout=30)
-            filename = q.retrieve("in", job_id).metadata.get("filename", "")
             stats = json.loads(q.retrieve("out", f"{job_id}/stats").read())
             rows.append((filename, job_id, st.state, ", ".join(st.outputs), stats["words"]))
             shouted.append((filename, q.retrieve("out", f"{job_id}/output").read().decode()))

@@ -1,0 +1,149 @@
+"""A worker's outbox: the last two steps of finished jobs, batched ten to a request.
+
+When a job's outcome is recorded, what is left is its completion notice and the deletion of its
+message. A worker hands both to its outbox, which sends the notices with ``SendMessageBatch`` and
+deletes the messages with ``DeleteMessageBatch``: up to ten jobs per request, flushed when ten
+are waiting or the oldest has waited ``linger_s``. A job's message is deleted only after its
+notice was sent; if the process dies first, the message comes back and the next delivery finishes
+the job from its record (``Job.finish_if_done``), so nothing is lost, only repeated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from .backends.base import MessageQueue, OutgoingMessage
+from .errors import InvalidReceipt, NotFound, RemoteJobError
+from .limits import MAX_MESSAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+BATCH = 10
+LINGER_S = 0.05
+"""How long a finished job waits for others to share its requests."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished job's remaining steps: its notice (if any), then deleting its delivery."""
+
+    queue: str
+    receipt: str
+    notice_queue: str | None = None
+    notice: str | None = None
+
+
+class Outbox:
+    """Sends notices and deletes deliveries in batches, on a thread of its own.
+
+    Args:
+        queues: the message queues.
+        linger_s: the longest a finished job waits before its batch is sent.
+    """
+
+    def __init__(self, queues: MessageQueue, linger_s: float = LINGER_S) -> None:
+        self.queues = queues
+        self.linger_s = linger_s
+        self._waiting: list[Finished] = []
+        self._oldest = 0.0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="remotejob-outbox", daemon=True)
+
+    def start(self) -> None:
+        """Start the sending thread."""
+        self._thread.start()
+
+    def put(self, finished: Finished) -> None:
+        """Queue one finished job's notice and deletion."""
+        with self._cond:
+            if not self._waiting:
+                self._oldest = time.monotonic()
+            self._waiting.append(finished)
+            if len(self._waiting) in (1, BATCH) or self._closed:  # start the linger, or send now
+                self._cond.notify()
+        if self._closed and not self._thread.is_alive():
+            self._flush(self._take())
+
+    def close(self) -> None:
+        """Send everything still waiting and end the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self._flush(self._take())
+
+    def _take(self) -> list[Finished]:
+        with self._cond:
+            taken, self._waiting = self._waiting, []
+            return taken
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if len(self._waiting) >= BATCH:
+                        break
+                    if self._waiting:
+                        left = self._oldest + self.linger_s - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    else:
+                        self._cond.wait()
+                if self._closed:
+                    return
+            self._flush(self._take())
+
+    def _flush(self, jobs: list[Finished]) -> None:
+        if not jobs:
+            return
+        unsent = self._send_notices(jobs)
+        deletable = [job for job in jobs if id(job) not in unsent]
+        by_queue: dict[str, list[str]] = {}
+        for job in deletable:
+            by_queue.setdefault(job.queue, []).append(job.receipt)
+        for queue, receipts in by_queue.items():
+            for start in range(0, len(receipts), BATCH):
+                try:
+                    self.queues.delete_batch(queue, receipts[start:start + BATCH])
+                except (InvalidReceipt, NotFound) as exc:
+                    logger.info("some finished jobs' deliveries were already gone: %s", exc)
+                except RemoteJobError as exc:
+                    logger.warning("could not delete finished jobs' messages (they come back and are "
+                                   "finished from their records): %s", exc)
+
+    def _send_notices(self, jobs: list[Finished]) -> set[int]:
+        """Send the notices; return the ids of the jobs whose notice may not have gone."""
+        by_queue: dict[str, list[Finished]] = {}
+        for job in jobs:
+            if job.notice_queue is not None and job.notice is not None:
+                by_queue.setdefault(job.notice_queue, []).append(job)
+        unsent: set[int] = set()
+        for queue, noticed in by_queue.items():
+            for batch in _batches(noticed):
+                try:
+                    self.queues.send_batch(queue, [OutgoingMessage(str(job.notice)) for job in batch])
+                except RemoteJobError as exc:
+                    logger.warning("could not send %d completion notices to %s (their jobs come back "
+                                   "and are finished from their records): %s", len(batch), queue, exc)
+                    unsent.update(id(job) for job in batch)
+        return unsent
+
+
+def _batches(jobs: list[Finished]) -> list[list[Finished]]:
+    """Split into batches of at most ten entries and the queue's maximum size."""
+    batches: list[list[Finished]] = []
+    size = 0
+    for job in jobs:
+        length = len(str(job.notice).encode("utf-8"))
+        if not batches or len(batches[-1]) >= BATCH or size + length > MAX_MESSAGE_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(job)
+        size += length
+    return batches
