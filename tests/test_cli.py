@@ -141,3 +141,21 @@ def test_ls_lists_batched_jobs_before_they_run(backend: BackendSetup, tmp_path: 
     assert listed.returncode == 0, listed.stderr
     docs = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted((d["id"], d["state"]) for d in docs) == sorted((i, "pending") for i in ids)
+
+
+def test_stats_probe_measures_requests_and_dollars_per_job(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    probed = _cli(env, tmp_path, "stats", "--probe", "20", "--json")
+
+    assert probed.returncode == 0, probed.stderr
+    per_job = json.loads(probed.stdout)["per_job"]
+    assert per_job["jobs"] == 20 and per_job["prices_taken"]
+    if backend.kind == "embedded":
+        assert per_job["requests"] == {} and per_job["usd_per_million_jobs"] == 0
+    else:
+        requests = per_job["requests"]
+        assert requests["S3.PutObject"] == 1 + 1 / 20  # each final record, one batch manifest
+        assert requests["S3.GetObject"] == 1  # the requester's status read
+        assert 0 < per_job["sqs"] < 1 and per_job["usd_per_million_jobs"] > 0
+    q = _connect({**env, "REMOTEJOB_NAME": env["REMOTEJOB_NAME"] + "-probe"})
+    assert list(q.object_store.list("jobs/")) == [] and list(q.object_store.list("batches/")) == []

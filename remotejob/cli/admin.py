@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from .. import keys
+from ..cost import PRICES_TAKEN, Cost, price_per_million
+from ..cost import probe as cost_probe
 from ..queue import Queue
 from .app import Context, emit_json, main, out, pass_context, table
 
@@ -19,14 +21,18 @@ def _counts() -> dict[str, int]:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.option("--probe", type=click.IntRange(min=1, max=1000), default=None, metavar="N",
+              help="Run N no-op jobs in queues <name>-probe-* and show their requests per job and "
+                   "$ per million jobs.")
 @pass_context
-def stats(ctx: Context, as_json: bool) -> None:
-    """Per status queue: messages waiting, in flight and delayed; dead letters; and, on AWS, the
-    requests this command made by operation.
+def stats(ctx: Context, as_json: bool, probe: int | None) -> None:
+    """Per status queue: messages waiting, in flight and delayed; dead letters; on AWS, the
+    requests this command made by operation; with --probe, what a job costs.
 
     \b
     Example:
       remotejob stats
+      remotejob stats --probe 50
       remotejob stats --json | jq '.queues[] | select(.waiting > 0)'
     """
     with ctx.errors():
@@ -41,6 +47,11 @@ def stats(ctx: Context, as_json: bool) -> None:
         dead = q.message_queue.depth(keys.dead_letter_name(q.name))
         doc: dict[str, Any] = {"name": q.name, "store": q.object_store.location, "queues": rows,
                "dead_letters": dead.waiting + dead.in_flight + dead.delayed, "requests": _counts()}
+        if probe is not None:
+            cost = cost_probe(q, probe)
+            doc["per_job"] = {"jobs": cost.jobs, "requests": cost.per_job, "sqs": cost.sqs, "s3": cost.s3,
+                              "usd_per_million_jobs": round(cost.usd_per_million_jobs, 4),
+                              "prices_taken": PRICES_TAKEN}
     if as_json:
         emit_json(doc)
         return
@@ -48,9 +59,23 @@ def stats(ctx: Context, as_json: bool) -> None:
           [(r["queue"], r["waiting"], r["in_flight"], r["delayed"]) for r in rows],
           title=f"{q.name} in {q.object_store.location}")
     out.print(f"dead letters: {doc['dead_letters']} (remotejob dead list)")
-    if doc["requests"]:
+    if probe is not None:
+        _print_cost(cost)
+    elif doc["requests"]:
         title = "AWS requests this command made"
         table(("operation", "requests"), sorted(doc["requests"].items()), title=title)
+
+
+def _print_cost(cost: Cost) -> None:
+    if not cost.per_job:
+        out.print(f"requests per job ({cost.jobs} probe jobs): none reach AWS on this backend, $0")
+        return
+    table(("operation", "requests per job", "$ per million jobs"),
+          [(op, f"{n:.3f}", f"{n * price_per_million(op):.2f}") for op, n in cost.per_job.items()],
+          title=f"requests per job ({cost.jobs} probe jobs: submit, take, complete, one status read)")
+    out.print(f"SQS {cost.sqs:.2f} + S3 {cost.s3:.2f} requests per job: "
+              f"${cost.usd_per_million_jobs:.2f} per million jobs at us-east-1 list prices of "
+              f"{PRICES_TAKEN} (requests only; storage and transfer not included)")
 
 
 @main.group()
