@@ -83,22 +83,33 @@ def check_body(value: object, what: str = "body") -> None:
 
 @dataclass
 class Prepared:
-    """A body ready for ``ObjectStore.put``: bytes kept as bytes, files wrapped to hash."""
+    """A body ready for ``ObjectStore.put``: bytes kept as bytes, paths passed on for the store
+    to read itself, streams wrapped to hash what the store reads."""
 
     body: Body
     reader: HashingReader | None = None
 
     @property
     def sha256(self) -> str:
-        """SHA-256 hex of the body; for a file, valid once the store has read it to the end."""
+        """SHA-256 hex of the body; for a stream, valid once the store has read it to the end."""
         if self.reader is not None:
             return self.reader.hexdigest()
+        if isinstance(self.body, os.PathLike):
+            digest = hashlib.sha256()
+            with open(self.body, "rb") as handle:
+                while chunk := handle.read(1024 * 1024):
+                    digest.update(chunk)
+            return digest.hexdigest()
         return hashlib.sha256(self.body).hexdigest()  # type: ignore[arg-type]
 
     @property
     def size(self) -> int:
-        """Body size in bytes (for a file, once read)."""
-        return self.reader.size if self.reader is not None else len(self.body)  # type: ignore[arg-type]
+        """Body size in bytes (for a stream, once read)."""
+        if self.reader is not None:
+            return self.reader.size
+        if isinstance(self.body, os.PathLike):
+            return os.path.getsize(self.body)
+        return len(self.body)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -110,9 +121,7 @@ def open_body(value: BodyLike, what: str = "body") -> Iterator[Prepared]:
     elif isinstance(value, (bytes, bytearray, memoryview)):
         yield Prepared(bytes(value))
     elif isinstance(value, os.PathLike):
-        with open(value, "rb") as handle:
-            reader = HashingReader(handle)
-            yield Prepared(reader, reader)  # type: ignore[arg-type]
+        yield Prepared(value)
     else:
         reader = HashingReader(value)
         yield Prepared(reader, reader)  # type: ignore[arg-type]

@@ -130,6 +130,18 @@ def test_real_file_round_trip(store: Any, tmp_path: Path) -> None:
     assert target.read_bytes() == path.read_bytes()
 
 
+def test_a_path_is_read_by_the_store(store: Any, tmp_path: Path) -> None:
+    path = tmp_path / "large.bin"
+    path.write_bytes(os.urandom(9 * 1024 * 1024))  # over the 8 MiB multipart threshold
+
+    info = store.put("in/from-path", path, {"origin": "disk"}, content_type="image/png")
+
+    assert info.size == path.stat().st_size
+    with store.get("in/from-path") as obj:
+        assert obj.read() == path.read_bytes()
+        assert (obj.metadata, obj.content_type) == ({"origin": "disk"}, "image/png")
+
+
 def test_head_describes_without_body(store: Any) -> None:
     put = store.put("h", b"12345", {"a": "1"}, "text/plain")
 

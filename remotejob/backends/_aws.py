@@ -56,7 +56,9 @@ TRANSFER = TransferConfig(
     max_concurrency=4,
     preferred_transfer_client="classic",
 )
-"""Bounded streaming: s3transfer holds at most ten 8 MiB parts at a time, whatever the size."""
+TRANSFER.max_in_memory_upload_chunks = 3  # a stream's parts read ahead of the 4 uploading ones
+"""Bounded streaming: a stream's upload holds about seven 8 MiB parts, whatever its size; a
+file's parts are read from disk by the uploading threads (``S3Store._upload_file``)."""
 
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60

@@ -10,13 +10,16 @@ and the store checks them again, so no backend can be handed a key AWS would ref
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, BinaryIO, Protocol, runtime_checkable
 
-Body = bytes | IO[bytes]
+Body = bytes | IO[bytes] | os.PathLike[str]
+"""What a store writes: bytes, a binary stream read to its end, or a file the store reads itself
+(so S3 can upload its parts in parallel straight from disk, with bounded memory)."""
 """What an ObjectStore accepts: bytes, or a binary file object read in chunks until EOF."""
 
 

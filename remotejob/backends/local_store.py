@@ -137,7 +137,7 @@ class LocalStore:
         if not isinstance(content_type, str) or not content_type:
             raise TypeError(f"content_type must be a non-empty str, got {content_type!r}")
         is_bytes = isinstance(body, bytes | bytearray | memoryview)
-        if not is_bytes and not callable(getattr(body, "read", None)):
+        if not is_bytes and not isinstance(body, os.PathLike) and not callable(getattr(body, "read", None)):
             raise TypeError(f"body must be bytes or a binary file object, got {type(body).__name__}")
         if if_absent and not is_bytes:
             raise TypeError("if_absent=True needs the body as bytes, as S3's conditional put does")
@@ -315,6 +315,10 @@ class LocalStore:
 def _chunks(body: Body) -> Iterator[bytes]:
     if isinstance(body, bytes | bytearray | memoryview):
         yield bytes(body)
+        return
+    if isinstance(body, os.PathLike):
+        with open(body, "rb") as handle:
+            yield from _chunks(handle)
         return
     stream: IO[bytes] = body
     while True:
