@@ -51,6 +51,9 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for port in self.extra.get("ports", "").split():  # SeaweedFS leaves its unix sockets behind
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def _port_free(port: int) -> bool:
@@ -186,7 +189,8 @@ def start_seaweedfs() -> Server:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = Server("seaweedfs", f"http://127.0.0.1:{s3}", proc, workdir, log)
+    ports = " ".join(str(p + offset) for p in (master, volume, filer, s3) for offset in (0, 10000))
+    server = Server("seaweedfs", f"http://127.0.0.1:{s3}", proc, workdir, log, {"ports": ports})
     atexit.register(server.stop)
     s3c = _client("s3", server.endpoint)
 
