@@ -81,23 +81,24 @@ def trigger_many(queue: Queue, job_keys: Iterable[str], status: str) -> list[str
         except NotFound:
             raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
         envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata)
-        jobs.append(_Job(key, encode(envelope)))
+        jobs.append(_Job(key, queue._seal(encode(envelope))))
     return _send(queue, name, status, now, jobs, None)
 
 
 def _prepare(queue: Queue, entry: Entry, status: str, now: float, batch_id: str, index: int) -> _Job:
     if entry.key is not None:  # the caller named it: stored under that key, with its own record
         key = queue._store_entry("in", entry)
-        return _Job(key, encode(Envelope(job=key, key=key, status=status, sent=now, meta=entry.metadata)))
+        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=entry.metadata)
+        return _Job(key, queue._seal(encode(envelope)))
     job_id = keys.batch_job_id(batch_id, index)
     envelope = Envelope(job=job_id, key=job_id, status=status, sent=now, meta=entry.metadata)
     data = _small_body(entry.body)
     if data is not None:
-        message = encode(replace(envelope, body=base64.b64encode(data).decode("ascii")))
+        message = queue._seal(encode(replace(envelope, body=base64.b64encode(data).decode("ascii"))))
         if len(message.encode("utf-8")) <= INLINE_ENVELOPE_MAX:
             return _Job(job_id, message, batched=True)
     queue._store_entry("in", replace(entry, key=job_id))
-    return _Job(job_id, encode(envelope), stored=True, batched=True)
+    return _Job(job_id, queue._seal(encode(envelope)), stored=True, batched=True)
 
 
 def _small_body(body: BodyLike) -> bytes | None:

@@ -15,6 +15,11 @@ from typing import TYPE_CHECKING
 from . import completion, keys
 from .backends.base import Message
 from .envelope import DeadLetter, unwrap_dead
+from .errors import EnvelopeError
+from .signing import REASONS
+
+REFUSED = (*REASONS, "notice-without-outcome")
+"""Reasons a message was refused on arrival; such dead letters are never redriven."""
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -69,6 +74,16 @@ def redrive(queue: Queue, limit: int | None = None) -> int:
         if letter.job is None or letter.status not in queue.statuses:
             kept.append(message)
             continue
+        if letter.reason.partition(":")[0] in REFUSED:
+            kept.append(message)  # refused on arrival: a redrive must not launder it
+            continue
+        if queue.signing is not None:  # nor sign afresh what no configured key signed
+            try:
+                queue.signing.verify(letter.body, check_age=False)
+            except EnvelopeError as exc:
+                logger.warning("not redriving job %s: %s", letter.job, exc)
+                kept.append(message)
+                continue
         final = keys.record_key(letter.job, "final")
         record = completion.read_record(queue.object_store, final)
         if record is not None and record.get("state") == "completed":

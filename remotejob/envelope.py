@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,12 @@ from .limits import MAX_MESSAGE_BYTES, validate_key, validate_metadata
 VERSION = 1
 KINDS = ("job", "notice")
 _STATES = ("completed", "failed")
+_FIELDS = frozenset({
+    "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
+    "sha256", "at", "kid", "sig",  # the last three: the signature (see signing.py)
+})
+_OUTPUT_FIELDS = {"size": int, "sha256": str, "content_type": str, "stage": str}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,9 @@ class Envelope:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Outputs of earlier pipeline stages, as their records list them."""
     body: str | None = None
-    """The input body itself, base64, when it travels inline (see ``bodies.inline_fits``)."""
+    """The input body itself, base64, when it travels inline (see ``batch.py``)."""
+    sha256: str | None = None
+    """SHA-256 hex of a stored input, checked as the worker reads it."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -73,6 +82,8 @@ def encode(envelope: Envelope) -> str:
         doc["outputs"] = envelope.outputs
     if envelope.body is not None:
         doc["body"] = envelope.body
+    if envelope.sha256 is not None:
+        doc["sha256"] = envelope.sha256
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
@@ -105,6 +116,8 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("message is not a JSON object")
     if doc.get("v") != VERSION:
         raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}; expected {VERSION}")
+    if unknown := sorted(set(doc) - _FIELDS):
+        raise EnvelopeError(f"unknown envelope fields {unknown[:5]} for version {VERSION}")
     kind = doc.get("kind", "job")
     if kind not in KINDS:
         raise EnvelopeError(f"unknown message kind {kind!r}")
@@ -130,6 +143,14 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("field 'input' must be a key under in/ or out/")
     if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
         raise EnvelopeError("field 'outputs' must map asset names to objects")
+    for output in outputs.values():
+        for name, value in output.items():
+            expected = _OUTPUT_FIELDS.get(name)
+            if expected is None or type(value) is not expected:
+                raise EnvelopeError(f"output field {name!r} is unknown or of the wrong type")
+    digest = doc.get("sha256")
+    if digest is not None and (not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
+        raise EnvelopeError("field 'sha256' must be 64 lower-case hex digits")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -160,6 +181,7 @@ def decode(body: str) -> Envelope:
         input=source,
         outputs=outputs,
         body=inline,
+        sha256=digest,
     )
 
 

@@ -10,11 +10,12 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import batch, config, dead, keys
-from .backends.base import MessageQueue, ObjectStore, QueueAttributes, StoredObject
+from . import batch, completion, config, dead, keys, signing
+from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
 from .bodies import Entry, open_body, parse_entry
 from .completion import encode_record, public_outputs
 from .envelope import DeadLetter, Envelope, decode, encode, wrap_dead
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .job import Job, next_stage, progress_record
 from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_key, validate_queue_name
+from .signing import Keyring
 from .status import JobStatus, decode_manifest, decode_status
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ class Queue:
         visibility_timeout: int = 30,
         wait_time: int = 20,
         max_attempts: int = 5,
+        signing: Keyring | None = None,
     ) -> None:
         self.name = validate_queue_name(name)
         if isinstance(statuses, str) or not statuses:
@@ -79,6 +82,11 @@ class Queue:
         self.message_queue = message_queue
         self._ensured = False
         self._lock = threading.Lock()
+        self.signing = signing if signing is not None else Keyring.from_environment()
+        """The keys that sign and verify messages (``$REMOTEJOB_SIGNING_KEY``), or None."""
+        self.rejected: Counter[str] = Counter()
+        """Messages this process refused before any handler saw them, by reason (``unsigned``,
+        ``bad-signature``, ``unknown-key``, ``stale``, ``undecodable``, ``replayed``, ...)."""
 
     def __repr__(self) -> str:
         return (
@@ -234,17 +242,65 @@ class Queue:
             remaining = poll if deadline is None else deadline - time.monotonic()
             wait = max(0.0, min(poll, remaining))
             for message in self.message_queue.receive(queue, 1, wait):
-                try:
-                    envelope = decode(message.body)
-                except EnvelopeError as exc:
-                    self._dead_letter(queue, message.body, message.receipt, str(exc))
+                envelope = self._open(queue, message)
+                if envelope is None:
                     continue
                 job = Job(self, envelope, message)
+                if envelope.kind == "notice" and not self._notice_is_true(job, message):
+                    continue
                 if envelope.kind == "job":
+                    if self._finished_already(job):
+                        continue
                     self._record_progress(job)
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    # -- what comes off a queue ------------------------------------------------------------
+
+    def _seal(self, text: str) -> str:
+        """A message as sent: signed when this job system has signing keys."""
+        return text if self.signing is None else self.signing.sign(text)
+
+    def _open(self, queue: str, message: Message) -> Envelope | None:
+        """Verify (with signing keys) and decode a received message; a message that fails goes
+        to the dead-letter queue with the reason, is counted in ``rejected``, and gives None."""
+        try:
+            if self.signing is not None:
+                self.signing.verify(message.body)
+            return decode(message.body)
+        except EnvelopeError as exc:
+            self._reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc))
+            return None
+
+    def _reject(self, queue: str, message: Message, reason: str, detail: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+        self._dead_letter(queue, message.body, message.receipt, f"{reason}: {detail}")
+
+    def _finished_already(self, job: Job) -> bool:
+        """On a redelivery, or always when messages are signed (so a replayed message never runs a
+        finished job): if the job's stage is finished, finish its leftovers, drop the delivery."""
+        if job.receive_count == 1 and self.signing is None:
+            return False
+        if not job.finish_if_done():
+            return False
+        if job.receive_count == 1:
+            with self._lock:
+                self.rejected["replayed"] += 1
+        logger.info("job %s was already finished; dropped its redelivery", job.id)
+        return True
+
+    def _notice_is_true(self, job: Job, message: Message) -> bool:
+        """With signing keys, a completion notice must match the job's final record."""
+        if self.signing is None:
+            return True
+        record = completion.read_record(self.object_store, keys.record_key(job.id, "final"))
+        if record is not None and record.get("state") == job.state:
+            return True
+        self._reject(keys.queue_name(self.name, job.status), message, "notice-without-outcome",
+                     f"job {job.id!r} has no {job.state} outcome recorded")
+        return False
 
     def _record_progress(self, job: Job) -> None:
         self.object_store.put(
@@ -268,7 +324,7 @@ class Queue:
             job=job.id, key=job.key, status="completed", sent=time.time(), meta=job.metadata,
             kind="notice", state=state, error=error, outputs=public_outputs(outputs or {}),
         )
-        return self._status_queue("completed"), encode(notice)
+        return self._status_queue("completed"), self._seal(encode(notice))
 
     def _hand_on(self, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
         now = time.time()
@@ -277,7 +333,8 @@ class Queue:
         self.object_store.put(
             keys.record_key(envelope.job, "queued"), encode_record(queued), content_type="application/json"
         )
-        self.message_queue.send(self._status_queue(status), encode(next_stage(envelope, status, record)))
+        message = self._seal(encode(next_stage(envelope, status, record)))
+        self.message_queue.send(self._status_queue(status), message)
 
     def _requeue(self, job_id: str, status: str, body: str) -> None:
         now = time.time()
@@ -286,7 +343,7 @@ class Queue:
         self.object_store.put(
             keys.record_key(job_id, "queued"), encode_record(queued), content_type="application/json"
         )
-        self.message_queue.send(self._status_queue(status), body)
+        self.message_queue.send(self._status_queue(status), self._seal(signing.strip(body)))
 
     # -- dead letters and workers ----------------------------------------------------------
 

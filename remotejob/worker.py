@@ -23,8 +23,7 @@ from typing import Any
 
 from . import keys
 from .backends.base import Message
-from .envelope import decode
-from .errors import AlreadyExists, ConfigError, EnvelopeError, RemoteJobError
+from .errors import AlreadyExists, ConfigError, RemoteJobError
 from .job import Job
 from .lease import Heartbeat
 from .limits import MAX_VISIBILITY_S
@@ -287,10 +286,8 @@ class Worker:
                 logger.warning("could not give back messages while stopping: %s", exc)
 
     def _dispatch(self, message: Message, pool: ThreadPoolExecutor) -> None:
-        try:
-            envelope = decode(message.body)
-        except EnvelopeError as exc:
-            self.queue._dead_letter(self.queue_name, message.body, message.receipt, str(exc))
+        envelope = self.queue._open(self.queue_name, message)
+        if envelope is None:
             return
         job = Job(self.queue, envelope, message, self._outbox)
         if envelope.kind != "job":
@@ -312,8 +309,7 @@ class Worker:
                     return
                 job.started = time.time()
                 job.running = True
-            if job.receive_count > 1 and job.finish_if_done():
-                logger.info("job %s was already finished; dropped its redelivery", job.id)
+            if self.queue._finished_already(job):
                 return
             self._run_handler(job)
         except AlreadyExists:
