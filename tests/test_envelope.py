@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import remotejob
 from remotejob import keys
-from remotejob.envelope import Envelope, decode, encode
+from remotejob.envelope import Envelope, decode, encode, unwrap_dead
+from remotejob.errors import EnvelopeError
+from remotejob.limits import MAX_MESSAGE_BYTES
 from tests.conftest import BackendSetup
 
 
@@ -70,3 +75,52 @@ def test_poison_message_goes_to_dead_letters(backend: BackendSetup) -> None:
     [dead] = q.dead_letters()
     assert dead.body == poison and dead.job is None
     assert dead.source == f"{q.name}-pending" and "not a remotejob envelope" in dead.reason
+
+
+# -- property: the decoder survives anything a queue can hold ------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+_fields = st.fixed_dictionaries(
+    {"v": st.just(1), "job": st.text(max_size=12), "key": st.text(max_size=12), "status": st.text(max_size=8),
+     "sent": st.floats(allow_nan=False) | st.integers()},
+    optional={"kind": st.sampled_from(["job", "notice", "dead"]) | _json, "meta": _json, "state": _json,
+              "error": _json, "input": _json, "outputs": _json, "body": _json, "sha256": _json},
+)
+
+
+def _decodes_or_refuses(text: str) -> None:
+    try:
+        envelope = decode(text)
+    except EnvelopeError:
+        return
+    assert decode(encode(envelope)) == envelope  # what it accepts, it can send again unchanged
+
+
+@settings(max_examples=300, deadline=1000)
+@given(st.binary(max_size=2048))
+def test_any_bytes_decode_or_are_refused_cleanly(raw: bytes) -> None:
+    _decodes_or_refuses(raw.decode("utf-8", errors="replace"))
+    unwrap_dead(raw.decode("latin-1"))
+
+
+@settings(max_examples=300, deadline=1000)
+@given(_json)
+def test_any_json_decodes_or_is_refused_cleanly(doc: object) -> None:
+    _decodes_or_refuses(json.dumps(doc))
+
+
+@settings(max_examples=300, deadline=1000)
+@given(_fields)
+def test_envelope_shaped_json_decodes_or_is_refused_cleanly(doc: dict[str, object]) -> None:
+    _decodes_or_refuses(json.dumps(doc))
+
+
+@pytest.mark.parametrize("depth", [50, 5_000, 100_000])
+def test_deep_nesting_is_refused_without_a_crash(depth: int) -> None:
+    text = '{"v":1,"meta":' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(EnvelopeError):
+        decode(text[: MAX_MESSAGE_BYTES + 1])
