@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
 from .backends.base import Body
-from .errors import NotFound
+from .errors import IntegrityError, NotFound
 from .limits import validate_key, validate_metadata
 
 BodyLike = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
@@ -57,6 +57,51 @@ class HashingReader(io.RawIOBase):
     def hexdigest(self) -> str:
         """SHA-256 of everything read so far, as hex."""
         return self._sha256.hexdigest()
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read-only stream that raises :class:`IntegrityError` at its end if what was read does
+    not have the SHA-256 recorded for it."""
+
+    def __init__(self, source: IO[bytes], sha256: str, what: str) -> None:
+        super().__init__()
+        self._reader = HashingReader(source)
+        self._source = source
+        self._expected = sha256
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._reader.readinto(buffer)
+        if n == 0:
+            self._check()
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._reader.read(size)
+        if not chunk or size is None or size < 0:
+            self._check()
+        return chunk
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
+
+    def _check(self) -> None:
+        if self._reader.hexdigest() != self._expected:
+            raise IntegrityError(
+                f"{self._what} does not match the SHA-256 recorded when it was written "
+                f"(read {self._reader.size} bytes): the stored copy was damaged or altered"
+            )
+
+
+def verified(stream: IO[bytes], sha256: str | None, what: str) -> BinaryIO:
+    """``stream``, checked against ``sha256`` at its end when one is recorded."""
+    if sha256 is None:
+        return stream  # type: ignore[return-value]
+    return io.BufferedReader(VerifyingReader(stream, sha256, what), 1024 * 1024)
 
 
 def check_body(value: object, what: str = "body") -> None:

@@ -65,6 +65,11 @@ class EnvelopeError(RemoteJobError):
     """Raised when a queue message is not a valid remotejob envelope; the message is dead-lettered."""
 
 
+class IntegrityError(RemoteJobError):
+    """Raised when a stored body's bytes do not match the SHA-256 recorded when it was written
+    (damaged or altered in the store); retrying reads the same bytes, so fix or resubmit."""
+
+
 class BackendUnavailable(RemoteJobError):
     """Raised when the store or queue endpoint cannot be reached or rejects our credentials.
 

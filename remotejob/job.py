@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import completion, keys
 from .backends.base import Message
-from .bodies import Entry, copy_to_file, parse_entry
+from .bodies import Entry, copy_to_file, parse_entry, verified
 from .envelope import Envelope, wrap_dead
 from .errors import AlreadyExists, InvalidReceipt, NotFound
 from .outbox import Finished, Outbox
@@ -102,7 +102,18 @@ class Job:
         inline = self._envelope.inline_body()
         if inline is not None:
             return io.BytesIO(inline)
-        return self.queue.object_store.get(self._envelope.input or keys.input_key(self.key)).open()
+        key = self._envelope.input or keys.input_key(self.key)
+        return verified(self.queue.object_store.get(key).open(), self._input_sha256(), f"input {key!r}")
+
+    def _input_sha256(self) -> str | None:
+        """The SHA-256 recorded for this stage's stored input: by submit() in the message, or
+        in the earlier stage's record for its output."""
+        source = self._envelope.input
+        if source is None:
+            return self._envelope.sha256
+        asset = source.removeprefix(f"out/{self.id}/")
+        digest = self._envelope.outputs.get(asset, {}).get("sha256")
+        return digest if isinstance(digest, str) else None
 
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Stream the job's input body into ``path`` (written atomically) and return the path."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, completion, config, dead, keys, signing
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
-from .bodies import Entry, open_body, parse_entry
+from .bodies import Entry, open_body, parse_entry, verified
 from .completion import encode_record, public_outputs
 from .envelope import DeadLetter, Envelope, decode, encode, wrap_dead
 from .errors import (
@@ -150,19 +150,31 @@ class Queue:
         return self._store_entry(keys.direction(direction), parse_entry(data))
 
     def _store_entry(self, direction: str, entry: Entry) -> str:
+        return self._store_hashed(direction, entry)[0]
+
+    def _store_hashed(self, direction: str, entry: Entry) -> tuple[str, str]:
+        """Store an entry; return its key and the SHA-256 of what was stored."""
         key = entry.key or keys.new_key()
         full_key = keys.object_key(direction, key)
         with open_body(entry.body) as prepared:
             self.object_store.put(full_key, prepared.body, entry.metadata, entry.content_type)
-        return key
+            return key, prepared.sha256
 
-    def retrieve(self, direction: str, key: str) -> StoredObject:
+    def retrieve(self, direction: str, key: str, sha256: str | None = None) -> StoredObject:
         """Open a stored object for streaming: ``.read()``, ``.open()``, ``.metadata``.
+
+        With ``sha256`` (e.g. ``q.status(job_id).assets["output"].sha256``, recorded when the
+        output was written), reading the body to its end checks it.
 
         Raises:
             NotFound: no such key. ValueError: unknown direction. InvalidKey: a malformed key.
+            IntegrityError: (while reading) the bytes do not match ``sha256``.
         """
-        return self.object_store.get(keys.object_key(direction, key))
+        full_key = keys.object_key(direction, key)
+        obj = self.object_store.get(full_key)
+        if sha256 is None:
+            return obj
+        return StoredObject(obj.info, verified(obj.open(), sha256, f"object {full_key!r}"))
 
     def remove(self, direction: str, key: str) -> None:
         """Delete a stored object; removing a missing key is not an error."""
@@ -450,6 +462,8 @@ def connect(
     max_attempts: int = 5,
     home: str | os.PathLike[str] | None = None,
     endpoint_url: str | None = None,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
 ) -> Queue:
     """Connect to (and lazily create) the job system ``name``.
 
@@ -466,16 +480,23 @@ def connect(
             queues' redrive policy, set when they are created).
         home: the embedded backend's folder (default ``$REMOTEJOB_HOME`` or ``./.remotejob``).
         endpoint_url: an S3/SQS-compatible endpoint for both services (else the AWS chain's).
+        sse: server-side encryption on AWS, ``"AES256"`` (S3-managed keys) or ``"aws:kms"``;
+            default ``$REMOTEJOB_SSE``. Objects are written with it and a bucket remotejob
+            creates gets it as its default; queues are created with SSE-SQS, or with KMS under
+            ``"aws:kms"``. Ignored by the embedded backend and by store/queue objects.
+        kms_key_id: the KMS key for ``"aws:kms"`` (id, ARN or ``alias/NAME``); default
+            ``$REMOTEJOB_KMS_KEY_ID``, else the AWS-managed keys.
 
     Raises:
         ConfigError: an invalid name, location or option.
     """
     validate_queue_name(name)
     home_dir = config.home(home)
+    sse, kms_key_id = config.encryption(sse, kms_key_id)
     return Queue(
         name,
-        config.make_store(name, store, home_dir, endpoint_url),
-        config.make_queues(queues, home_dir, endpoint_url),
+        config.make_store(name, store, home_dir, endpoint_url, sse, kms_key_id),
+        config.make_queues(queues, home_dir, endpoint_url, sse, kms_key_id),
         statuses=statuses,
         visibility_timeout=visibility_timeout,
         wait_time=wait_time,

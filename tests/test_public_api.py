@@ -13,6 +13,7 @@ def test_all_names() -> None:
             "ConfigError",
             "DeadLetter",
             "EnvelopeError",
+            "IntegrityError",
             "InvalidKey",
             "InvalidReceipt",
             "Handler",

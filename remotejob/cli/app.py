@@ -45,7 +45,7 @@ class Context:
         """Expected errors become one line on stderr and an exit code (a traceback with --debug)."""
         try:
             yield
-        except errors.JobFailed as exc:
+        except (errors.JobFailed, errors.IntegrityError) as exc:
             self.fail(exc, EXIT_FAILED)
         except errors.WaitTimeout as exc:
             self.fail(exc, EXIT_TIMEOUT)

@@ -257,6 +257,11 @@ def wait(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json:
         sys.exit(EXIT_FAILED)
 
 
+def _digest(st: JobStatus, name: str) -> str | None:
+    output = st.assets.get(name)
+    return None if output is None else output.sha256
+
+
 def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> list[str]:
     """Download a job's outputs (or one) into ``folder``; return the paths written."""
     names = st.outputs if asset is None else [asset]
@@ -266,7 +271,7 @@ def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> l
     for name in names:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        with q.retrieve("out", f"{st.id}/{name}") as obj, progress() as bar:
+        with q.retrieve("out", f"{st.id}/{name}", _digest(st, name)) as obj, progress() as bar:
             stream: Any = obj.open()
             if obj.size >= PROGRESS_MIN_BYTES:
                 stream = ProgressReader(stream, bar, bar.add_task(f"download {name}", total=obj.size))
@@ -307,7 +312,7 @@ def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
     """Stream one output to stdout."""
     if asset not in st.outputs:
         raise NotFound(f"job {st.id!r} has no output {asset!r}; it has: {', '.join(st.outputs) or 'none'}")
-    with q.retrieve("out", f"{st.id}/{asset}") as obj:
+    with q.retrieve("out", f"{st.id}/{asset}", _digest(st, asset)) as obj:
         stream = obj.open()
         while chunk := stream.read(1024 * 1024):
             sys.stdout.buffer.write(chunk)
