@@ -100,7 +100,9 @@ class CommandHandler:
 
     def _run(self, values: dict[str, str], streams: dict[str, Path], job: Job) -> str | None:
         """Run the command; None if it succeeded, else why not."""
-        env = {**os.environ, "REMOTEJOB_JOB_ID": job.id, **meta_env(job.metadata)}
+        # The command never gets the signing key: what it runs must not be able to forge jobs.
+        inherited = {k: v for k, v in os.environ.items() if k != "REMOTEJOB_SIGNING_KEY"}
+        env = {**inherited, "REMOTEJOB_JOB_ID": job.id, **meta_env(job.metadata)}
         if self.shell:
             command: str | list[str] = _fill(self.template, {k: shlex.quote(v) for k, v in values.items()})
         else:

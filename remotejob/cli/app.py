@@ -21,6 +21,7 @@ from rich.table import Table
 
 from .. import errors
 from ..queue import Queue, connect
+from ..redact import RedactSecrets
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -84,10 +85,15 @@ def main(ctx: click.Context, name: str, store: str | None, queues: str | None, d
       remotejob worker --exec 'convert {input} {outdir}/thumb.png' --concurrency 4
       remotejob fetch JOB_ID -o results/
     """
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactSecrets())
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
+    # --debug is remotejob's own debug log; botocore's would print request headers.
+    logging.getLogger("remotejob").setLevel(logging.DEBUG if debug else logging.WARNING)
     ctx.obj = Context(name, store or None, queues or None, debug)
 
 
