@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, InvalidReceipt, NotFound, PayloadTooLarge
 from ..limits import (
+    DEAD_LETTER_RETENTION_S,
     MAX_MESSAGE_BYTES,
     validate_batch,
     validate_delay,
@@ -37,8 +38,10 @@ from .base import Message, OutgoingMessage, QueueAttributes, QueueDepth
 
 logger = logging.getLogger(__name__)
 
-POLL_S = 0.05
-"""How often a long poll looks for messages sent by other processes."""
+POLL_S = 0.01
+"""How often a long poll looks for messages sent by other processes: an indexed read, about
+30 microseconds, so a waiting worker costs well under 1% of a core and picks a job up within
+10 ms (50 ms made the embedded submit-to-start latency about 30 ms at the median)."""
 
 MAX_RECEIVE_COUNT = 1000
 """SQS's largest ``maxReceiveCount`` in a redrive policy."""
@@ -152,7 +155,8 @@ class SqliteQueues:
         """Create the named queues if missing; existing queues keep their attributes.
 
         A queue named as ``attributes.dead_letter`` is created without a redrive policy of its
-        own, so one call can create a queue and its dead-letter queue.
+        own and keeping messages for ``DEAD_LETTER_RETENTION_S``, longer than its sources, so one
+        call can create a queue and its dead-letter queue.
 
         Raises:
             ConfigError: an invalid queue name or redrive policy.
@@ -171,7 +175,15 @@ class SqliteQueues:
             count = attributes.max_receive_count or 0
             if not 1 <= count <= MAX_RECEIVE_COUNT:
                 raise ConfigError(f"max_receive_count {count} is outside SQS's 1-{MAX_RECEIVE_COUNT}")
-        plain = dataclasses.replace(attributes, dead_letter=None, max_receive_count=None)
+            if attributes.retention_s >= DEAD_LETTER_RETENTION_S:
+                raise ConfigError(
+                    f"retention {attributes.retention_s} s leaves the dead-letter queue no room to keep "
+                    f"messages longer than its sources: use less than {DEAD_LETTER_RETENTION_S} s"
+                )
+        # As on SQS: dead letters outlive their sources (they keep their first enqueue time).
+        plain = dataclasses.replace(
+            attributes, dead_letter=None, max_receive_count=None, retention_s=DEAD_LETTER_RETENTION_S
+        )
         with self._errors("creating queues"), self._db.transaction() as conn:
             for name in names:
                 own = plain if name == dead else attributes
