@@ -9,6 +9,15 @@ Blob names never derive from keys, so a key cannot escape the folder, distinct k
 and keys may be as long as S3 allows. Keys are stored as UTF-8 BLOBs, which SQLite compares
 byte by byte: ``list`` returns S3's order. A body is written and fsynced under a fresh name before
 the index row that points to it is committed, so readers see the old object or the new one.
+
+Nothing inside the folder is trusted to stay as the store left it, so nothing there leads outside
+it: ``blobs`` is opened as a folder without following a link and every blob is opened relative to
+it, without following links (a new one with ``O_EXCL``), and read only if it is a regular file;
+``index.db`` and its side files must not be links; a blob name read from the index must have the
+shape of a blob name. Reading or writing through anything planted there fails with
+``BackendUnavailable``; overwriting or deleting a key removes a planted link, never its target.
+The path *to* the folder is the caller's and may pass through links. Needs POSIX (Linux, macOS):
+``O_NOFOLLOW`` and ``dir_fd``.
 """
 
 from __future__ import annotations
@@ -17,15 +26,17 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
-from ..errors import AlreadyExists, NotFound
+from ..errors import AlreadyExists, BackendUnavailable, NotFound
 from ..limits import validate_key, validate_metadata
 from ._sqlite import Database, translate_errors
 from .base import Body, ObjectInfo, StoredObject
@@ -69,6 +80,21 @@ _LIST_TO = (
 )
 _Row = tuple[bytes, str, int, str, str, str, float]
 
+_BLOB_NAME = re.compile(r"[0-9a-f]{32}")
+"""What :func:`_new_blob_name` makes: the only file names the index may point to."""
+
+_INDEX_FILES = ("index.db", "index.db-wal", "index.db-shm", "index.db-journal")
+"""The index and the side files SQLite creates beside it."""
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _new_blob_name() -> str:
+    """A fresh blob file name: 32 random hex digits."""
+    return secrets.token_hex(16)
+
 
 class LocalStore:
     """An :class:`~remotejob.backends.base.ObjectStore` in a local folder, safe across processes.
@@ -96,7 +122,67 @@ class LocalStore:
         return f"LocalStore({str(self.root)!r})"
 
     def _make_folders(self) -> None:
+        """Create the folders; refuse links planted as ``blobs`` or as the index (SQLite follows
+        them, and would create or write a database wherever they point)."""
+        for path in (self._blobs, *(self.root / name for name in _INDEX_FILES)):
+            self._refuse_link(path)
         self._blobs.mkdir(parents=True, exist_ok=True)
+
+    def _refuse_link(self, path: Path) -> None:
+        if path.is_symlink():
+            raise BackendUnavailable(
+                f"{path} is a symbolic link: the store at {self.location} follows no links inside "
+                "its folder, so that it reads and writes nothing outside it; remove the link"
+            )
+
+    @contextmanager
+    def _blob_folder(self) -> Iterator[int]:
+        """The ``blobs`` folder, opened without following a link: blobs are opened relative to it."""
+        try:
+            folder = os.open(self._blobs, _FOLDER_FLAGS)
+        except OSError:
+            self._refuse_link(self._blobs)
+            raise
+        try:
+            yield folder
+        finally:
+            os.close(folder)
+
+    def _open_blob(self, folder: int, blob: str) -> BinaryIO:
+        """Open a blob for reading: a regular file in ``blobs``, never a link or anything else."""
+        try:
+            fd = os.open(blob, _READ_FLAGS, dir_fd=folder)
+        except FileNotFoundError:
+            raise
+        except OSError:  # ELOOP: a link
+            self._check_regular(folder, blob)
+            raise
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise self._odd_blob(blob, mode)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _check_regular(self, folder: int, blob: str) -> None:
+        """Raise unless the blob is a regular file (not a link, FIFO, folder... planted there)."""
+        mode = os.stat(blob, dir_fd=folder, follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise self._odd_blob(blob, mode)
+
+    def _odd_blob(self, blob: str, mode: int) -> BackendUnavailable:
+        if stat.S_ISLNK(mode):
+            return BackendUnavailable(
+                f"blob {self._blobs / blob} is a symbolic link: the store at {self.location} reads "
+                "no links, so that it returns nothing from outside its folder; remove the link"
+            )
+        return BackendUnavailable(
+            f"blob {self._blobs / blob} is not a regular file: the store at {self.location} did not "
+            "put it there; remove it"
+        )
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
         return translate_errors(
@@ -176,30 +262,45 @@ class LocalStore:
             return None if old is None else str(old[0])
 
     def _write_blob(self, body: Body) -> tuple[str, int, str]:
-        """Write the body to a new blob file, durably; return its name, size and MD5 hex."""
-        name = secrets.token_hex(16)
-        partial = self._blobs / f"{name}.part"
+        """Write the body to a new blob file, durably; return its name, size and MD5 hex.
+
+        The temporary file is created with ``O_EXCL``: a file or link already in its place
+        (planted: the name is random) fails the write instead of being written through.
+        """
+        name = _new_blob_name()
+        partial = f"{name}.part"
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        try:
-            with open(partial, "xb") as out:
-                for chunk in _chunks(body):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, self._blobs / name)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        _fsync_folder(self._blobs)
+        with self._blob_folder() as folder:
+            fd = os.open(partial, _CREATE_FLAGS, 0o666, dir_fd=folder)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in _chunks(body):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(partial, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                try:
+                    os.unlink(partial, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
+                raise
+            _fsync_folder(folder)
         return name, size, digest.hexdigest()
 
     def _unlink(self, blob: str) -> None:
+        if not _BLOB_NAME.fullmatch(blob):
+            logger.warning("not removing %r from %s: it is not a blob of this store", blob, self.location)
+            return
         try:
-            (self._blobs / blob).unlink(missing_ok=True)
-        except OSError as exc:
+            with self._blob_folder() as folder:
+                os.unlink(blob, dir_fd=folder)
+        except FileNotFoundError:
+            pass
+        except (OSError, BackendUnavailable) as exc:
             logger.warning("could not remove blob %s from %s: %s", blob, self.location, exc)
 
     def get(self, key: str) -> StoredObject:
@@ -213,12 +314,13 @@ class LocalStore:
         validate_key(key)
         with self._errors(f"reading {key!r}"):
             row = self._row(key)
-            try:
-                stream = open(self._blobs / row[1], "rb")
-            except FileNotFoundError:
-                # Overwritten or deleted between the index read and the open: read the index again.
-                row = self._row(key)
-                stream = open(self._blobs / row[1], "rb")
+            with self._blob_folder() as folder:
+                try:
+                    stream = self._open_blob(folder, row[1])
+                except FileNotFoundError:
+                    # Overwritten or deleted between the index read and the open: read the index again.
+                    row = self._row(key)
+                    stream = self._open_blob(folder, row[1])
             return StoredObject(_info(row), stream)
 
     def head(self, key: str) -> ObjectInfo:
@@ -251,16 +353,22 @@ class LocalStore:
             return info
 
     def _link_blob(self, blob: str) -> str:
-        """A new blob name with the same bytes as ``blob`` (blobs are never modified in place)."""
-        name = secrets.token_hex(16)
-        try:
-            os.link(self._blobs / blob, self._blobs / name)
-        except FileNotFoundError:
-            raise NotFound(f"the object was replaced while being copied in {self.location}") from None
-        except OSError:  # a file system without hard links
-            with open(self._blobs / blob, "rb") as source:
-                return self._write_blob(source)[0]
-        _fsync_folder(self._blobs)
+        """A new blob name with the same bytes as ``blob`` (blobs are never modified in place).
+
+        Only a regular file is linked, and a link is never followed: should ``blob`` turn into
+        one meanwhile, the copy is that link, which reads refuse.
+        """
+        name = _new_blob_name()
+        with self._blob_folder() as folder:
+            try:
+                self._check_regular(folder, blob)
+                os.link(blob, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                raise NotFound(f"the object was replaced while being copied in {self.location}") from None
+            except OSError:  # a file system without hard links
+                with self._open_blob(folder, blob) as source:
+                    return self._write_blob(source)[0]
+            _fsync_folder(folder)
         return name
 
     def _row(self, key: str) -> _Row:
@@ -268,6 +376,11 @@ class LocalStore:
         row = conn.execute(_SELECT, (key.encode(),)).fetchone()
         if row is None:
             raise NotFound(f"no object {key!r} in {self.location}")
+        if not isinstance(row[1], str) or not _BLOB_NAME.fullmatch(row[1]):
+            raise BackendUnavailable(
+                f"the index of {self.location} says {key!r} is in {row[1]!r}, which is not a blob "
+                "of this store: the index was altered; delete the key or restore the index"
+            )
         return row  # type: ignore[no-any-return]
 
     def delete(self, key: str) -> None:
@@ -343,15 +456,9 @@ def _info(row: _Row) -> ObjectInfo:
     return ObjectInfo(key.decode(), size, json.loads(metadata), content_type, etag, modified)
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+def _fsync_folder(folder: int) -> None:
+    """Make a rename in the open ``folder`` durable (where the file system allows it)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
+        os.fsync(folder)
     except OSError:
         pass
-    finally:
-        os.close(fd)
