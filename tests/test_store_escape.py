@@ -422,6 +422,17 @@ def test_an_index_side_file_planted_as_a_link_is_refused(site: Site, name: str) 
     site.assert_untouched()
 
 
+@pytest.mark.parametrize("name", ["queues.db", "queues.db-wal"])
+def test_a_queue_database_planted_as_a_link_is_refused(site: Site, name: str) -> None:
+    site.inside.mkdir()
+    (site.inside / name).symlink_to(site.canary / "new.db")
+    from remotejob.backends.local import SqliteQueues
+
+    with pytest.raises(BackendUnavailable, match="symbolic link"):
+        SqliteQueues(site.inside / "queues.db").send("q", "queued in the canary?")
+    site.assert_untouched()
+
+
 @pytest.mark.parametrize("blob", ["../../canary/secret.txt", "/proc/self/environ", "", "."])
 def test_an_index_entry_naming_a_file_outside_the_blobs_is_refused(
     site: Site, store: LocalStore, blob: str

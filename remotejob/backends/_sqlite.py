@@ -62,6 +62,13 @@ class Database:
             self._prepare()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite would follow a planted link
+            planted = self.path.with_name(self.path.name + suffix)
+            if planted.is_symlink():
+                raise BackendUnavailable(
+                    f"{planted} is a symbolic link: remotejob opens no database through a link, so "
+                    "that nothing outside its folder is written; remove the link"
+                )
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
