@@ -13,7 +13,9 @@ One job system keeps everything in one bucket/prefix (or folder)::
                                  ``<batch-id>-<n>`` for n below its job count (see ``batch.py``)
 
 Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
-published outputs.
+published outputs. Where a job id is one segment of a longer key, ``%`` and ``/`` in it are
+written ``%25`` and ``%2F`` (:func:`job_segment`), so that no two jobs' keys can meet: job ``a``'s
+output ``b/c`` and job ``a/b``'s output ``c`` stay apart.
 
 and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``.
 """
@@ -55,31 +57,41 @@ def input_key(job_id: str) -> str:
     return object_key("in", job_id)
 
 
+def job_segment(job_id: str) -> str:
+    """A job id as one key segment: ``%`` and ``/`` written ``%25`` and ``%2F``."""
+    return validate_key(job_id).replace("%", "%25").replace("/", "%2F")
+
+
+def job_from_segment(segment: str) -> str:
+    """The job id a :func:`job_segment` stands for."""
+    return segment.replace("%2F", "/").replace("%25", "%")
+
+
 def output_key(job_id: str, asset: str) -> str:
-    """Where one output asset of a job lives."""
-    return validate_key(f"out/{validate_key(job_id)}/{validate_key(asset)}")
+    """Where one output asset of a job lives: ``out/<job-segment>/<asset>``."""
+    return validate_key(f"out/{job_segment(job_id)}/{validate_key(asset)}")
 
 
 def record_key(job_id: str, record: str) -> str:
     """Where one of a job's status records lives (``queued``, ``progress`` or ``final``)."""
     if record not in RECORDS:
         raise ValueError(f"unknown status record {record!r}")
-    return validate_key(f"jobs/{validate_key(job_id)}/{record}")
+    return validate_key(f"jobs/{job_segment(job_id)}/{record}")
 
 
 def handoff_key(job_id: str, status: str) -> str:
     """The create-once record of a pipeline stage that handed the job on from ``status``."""
-    return validate_key(f"jobs/{validate_key(job_id)}/handoff-{status}")
+    return validate_key(f"jobs/{job_segment(job_id)}/handoff-{status}")
 
 
 def staging_key(job_id: str, attempt_id: str, asset: str) -> str:
     """Where one attempt stages an output asset before its claim is settled."""
-    return validate_key(f"jobs/{validate_key(job_id)}/attempts/{attempt_id}/{validate_key(asset)}")
+    return validate_key(f"jobs/{job_segment(job_id)}/attempts/{attempt_id}/{validate_key(asset)}")
 
 
 def staging_prefix(job_id: str, attempt_id: str) -> str:
     """The prefix of everything one attempt staged (every attempt's, with ``attempt_id=""``)."""
-    return f"jobs/{validate_key(job_id)}/attempts/{attempt_id + '/' if attempt_id else ''}"
+    return f"jobs/{job_segment(job_id)}/attempts/{attempt_id + '/' if attempt_id else ''}"
 
 
 def queue_name(name: str, status: str) -> str:

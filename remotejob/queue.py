@@ -176,6 +176,17 @@ class Queue:
             return obj
         return StoredObject(obj.info, verified(obj.open(), sha256, f"object {full_key!r}"))
 
+    def output(self, job_id: str, asset: str, sha256: str | None = None) -> StoredObject:
+        """Open one output of a job: ``out/<job-id>/<asset>`` (``retrieve("out", ...)`` of
+        ``"<job-id>/<asset>"``, with ``/`` and ``%`` in the job id written ``%2F`` and ``%25``).
+
+        With ``sha256`` (``q.status(job_id).assets[asset].sha256``) the bytes are checked.
+
+        Raises:
+            NotFound: no such output. IntegrityError: (while reading) the bytes do not match.
+        """
+        return self.retrieve("out", keys.output_key(job_id, asset).removeprefix("out/"), sha256)
+
     def remove(self, direction: str, key: str) -> None:
         """Delete a stored object; removing a missing key is not an error."""
         self.object_store.delete(keys.object_key(direction, key))

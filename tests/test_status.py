@@ -112,3 +112,15 @@ def test_second_completion_loses(backend: BackendSetup) -> None:
     with pytest.raises(remotejob.AlreadyExists):
         first.complete(error="late")
     assert q.status(job_id).state == "completed"
+
+
+def test_outputs_of_jobs_whose_ids_nest_never_meet(backend: BackendSetup) -> None:
+    q = backend.connect(wait_time=1)
+    q.submit({"key": "a", "body": b"job a"})
+    q.submit({"key": "a/b", "body": b"job a/b"})
+    assets = {"a": [{"key": "b/c", "body": b"from a"}], "a/b": [{"key": "c", "body": b"from a/b"}]}
+    q.work(lambda job: assets[job.id], burst=True, handle_signals=False)
+
+    assert q.output("a", "b/c").read() == b"from a" and q.output("a/b", "c").read() == b"from a/b"
+    assert q.status("a").outputs == ["b/c"] and q.status("a/b").outputs == ["c"]
+    assert q.retrieve("out", "a/b/c").read() == b"from a"  # a's own key; a/b's is out/a%2Fb/c

@@ -271,7 +271,7 @@ def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> l
     for name in names:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        with q.retrieve("out", f"{st.id}/{name}", _digest(st, name)) as obj, progress() as bar:
+        with q.output(st.id, name, _digest(st, name)) as obj, progress() as bar:
             stream: Any = obj.open()
             if obj.size >= PROGRESS_MIN_BYTES:
                 stream = ProgressReader(stream, bar, bar.add_task(f"download {name}", total=obj.size))
@@ -312,7 +312,7 @@ def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
     """Stream one output to stdout."""
     if asset not in st.outputs:
         raise NotFound(f"job {st.id!r} has no output {asset!r}; it has: {', '.join(st.outputs) or 'none'}")
-    with q.retrieve("out", f"{st.id}/{asset}", _digest(st, asset)) as obj:
+    with q.output(st.id, asset, _digest(st, asset)) as obj:
         stream = obj.open()
         while chunk := stream.read(1024 * 1024):
             sys.stdout.buffer.write(chunk)
@@ -323,8 +323,9 @@ def recent_jobs(q: Queue) -> list[str]:
     """Every job id in the store, most recently updated first."""
     latest: dict[str, float] = {}
     for info in q.object_store.list("jobs/"):
-        job_id, _, record = info.key[len("jobs/"):].rpartition("/")
-        if job_id and (record in RECORDS or record.startswith("handoff-")) and "/attempts/" not in info.key:
+        segment, _, record = info.key[len("jobs/"):].partition("/")
+        if segment and (record in RECORDS or record.startswith("handoff-")):
+            job_id = keys.job_from_segment(segment)
             latest[job_id] = max(latest.get(job_id, 0.0), info.modified)
     for info in q.object_store.list("batches/"):  # batched jobs that have no record yet
         with q.object_store.get(info.key) as obj:

@@ -141,9 +141,9 @@ def demo(ctx: Context) -> None:
         rows, shouted = [], []
         for filename, job_id in ids.items():
             st = q.wait(job_id, timeout=30)
-            stats = json.loads(q.retrieve("out", f"{job_id}/stats").read())
+            stats = json.loads(q.output(job_id, "stats").read())
             rows.append((filename, job_id, st.state, ", ".join(st.outputs), stats["words"]))
-            shouted.append((filename, q.retrieve("out", f"{job_id}/output").read().decode()))
+            shouted.append((filename, q.output(job_id, "output").read().decode()))
         title = f"results in {q.object_store.location}"
         table(("input", "job", "state", "outputs", "words"), rows, title=title)
         for filename, text in shouted:
