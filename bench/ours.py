@@ -353,9 +353,8 @@ def latency(env: Mapping[str, str], n: int, workdir: Path, *, concurrency: int =
 
     Between jobs it pauses a random 0 to ``jitter_s`` seconds, so that submissions land at
     random points of a polling worker's cycle, as independent requesters' would: submitting
-    right after ``q.wait()`` saw the previous job done would phase-lock to the cycle (the
-    embedded queue looks for other processes' messages every 50 ms, and its latency then
-    reads ~45 ms instead of the ~25 ms + work a random arrival sees).
+    right after ``q.wait()`` saw the previous job done could phase-lock to the cycle (the
+    embedded queue looks for other processes' messages every 10 ms).
 
     Returns:
         ``p50_ms``, ``p95_ms``, ``mean_ms``, ``max_ms`` of submit-call start → handler entry,

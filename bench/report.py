@@ -344,8 +344,8 @@ def section_latency(results: Mapping[str, Any]) -> str:
         "Submit → handler start on an idle worker (concurrency 8, long-polling), one job at a time: "
         "the requester notes `time.time()` before `q.submit()`, the handler on entry; the next job is "
         "submitted once `q.wait()` saw the previous one completed, after a random pause of 0–100 ms "
-        "so submissions land at random points of a polling worker's cycle (without it the embedded "
-        "queue's 50 ms cross-process poll phase-locks and reads ~45 ms). One warm-up job is not "
+        "so submissions land at random points of a polling worker's cycle (without it a "
+        "polling queue's cycle could phase-lock with the requester's). One warm-up job is not "
         "counted. Celery's (`bench/peers.py`) waits 50 ms after the previous task started.", "",
         table(["system", "n", "p50 ms", "p95 ms", "`submit()` call, p50 ms",
                "submit → `wait()` returns, p50 ms"], rows)])
