@@ -9,6 +9,11 @@ Queue locations:  ``sqs://`` (region and endpoint from the AWS chain), ``sqs://R
 ``sqlite:///abs/file.db`` or a plain ``.db`` path.
 AWS credentials, region and endpoints come only from the standard chain (``AWS_PROFILE``,
 ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL_SQS``) or ``endpoint_url=``.
+
+Encryption at rest on AWS: ``sse=`` / ``REMOTEJOB_SSE`` (``AES256`` or ``aws:kms``) and
+``kms_key_id=`` / ``REMOTEJOB_KMS_KEY_ID``. Objects are written with that encryption and a bucket
+remotejob creates gets it as its default; queues are created with SSE-SQS, or with the KMS key
+under ``aws:kms``. The embedded backend ignores them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from urllib.parse import urlsplit
 
 from .backends.base import MessageQueue, ObjectStore
 from .errors import ConfigError
+from .limits import validate_sse
 
 DEFAULT_HOME = ".remotejob"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -28,6 +34,22 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 def home(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The embedded backend's folder: ``explicit``, ``$REMOTEJOB_HOME`` or ``./.remotejob``."""
     return Path(explicit or os.environ.get("REMOTEJOB_HOME") or DEFAULT_HOME)
+
+
+def encryption(
+    sse: str | None = None, kms_key_id: str | None = None
+) -> tuple[str | None, str | None]:
+    """Server-side encryption for AWS: ``(sse, kms_key_id)`` from the arguments, else from
+    ``REMOTEJOB_SSE`` and ``REMOTEJOB_KMS_KEY_ID``.
+
+    Raises:
+        ConfigError: an unknown mode, or a KMS key without ``aws:kms``.
+    """
+    if sse is None:
+        sse = os.environ.get("REMOTEJOB_SSE") or None
+    if kms_key_id is None:
+        kms_key_id = os.environ.get("REMOTEJOB_KMS_KEY_ID") or None
+    return validate_sse(sse, kms_key_id)
 
 
 def default_bucket(name: str) -> str:
@@ -50,11 +72,14 @@ def make_store(
     store: str | ObjectStore | None,
     home_dir: Path,
     endpoint_url: str | None = None,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
 ) -> ObjectStore:
-    """Build the ObjectStore that ``store`` names (see the module docstring).
+    """Build the ObjectStore that ``store`` names (see the module docstring); an S3 store
+    writes with the server-side encryption given (see :func:`encryption`).
 
     Raises:
-        ConfigError: an unknown scheme or invalid bucket.
+        ConfigError: an unknown scheme, invalid bucket or encryption option.
     """
     if store is not None and not isinstance(store, str):
         return store
@@ -70,7 +95,9 @@ def make_store(
             raise ConfigError(f"{bucket!r} in {location!r} is not a valid S3 bucket name")
         from .backends.aws import S3Store
 
-        return S3Store(bucket, parts.path.strip("/"), endpoint_url=endpoint_url)
+        return S3Store(
+            bucket, parts.path.strip("/"), endpoint_url=endpoint_url, sse=sse, kms_key_id=kms_key_id
+        )
     if parts.scheme == "file":
         from .backends.local import LocalStore
 
@@ -88,11 +115,14 @@ def make_queues(
     queues: str | MessageQueue | None,
     home_dir: Path,
     endpoint_url: str | None = None,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
 ) -> MessageQueue:
-    """Build the MessageQueue that ``queues`` names (see the module docstring).
+    """Build the MessageQueue that ``queues`` names (see the module docstring); SQS queues
+    are created encrypted at rest as :func:`encryption` says.
 
     Raises:
-        ConfigError: an unknown scheme.
+        ConfigError: an unknown scheme or encryption option.
     """
     if queues is not None and not isinstance(queues, str):
         return queues
@@ -105,7 +135,9 @@ def make_queues(
     if parts.scheme == "sqs":
         from .backends.aws import SqsQueues
 
-        return SqsQueues(endpoint_url=endpoint_url, region=parts.netloc or None)
+        return SqsQueues(
+            endpoint_url=endpoint_url, region=parts.netloc or None, sse=sse, kms_key_id=kms_key_id
+        )
     if parts.scheme == "sqlite":
         from .backends.local import SqliteQueues
 

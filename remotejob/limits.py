@@ -44,6 +44,17 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_QUEUE_NAME = 80
 """SQS's longest queue name."""
 
+MIN_RETENTION_S, MAX_RETENTION_S = 60, 14 * 24 * 3600
+"""SQS's shortest and longest MessageRetentionPeriod, seconds."""
+
+DEAD_LETTER_RETENTION_S = MAX_RETENTION_S
+"""How long a dead-letter queue keeps messages: as long as SQS allows. A standard queue's message
+keeps its original enqueue time when it is dead-lettered, so a dead-letter queue must keep
+messages longer than its source queues or dead letters expire before anyone looks at them."""
+
+SSE_MODES = ("AES256", "aws:kms")
+"""Server-side encryption modes remotejob asks S3 for (SSE-S3 and SSE-KMS)."""
+
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _SAFE_META_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _ENCODED_NAME_PREFIX = "b32."
@@ -251,3 +262,36 @@ def validate_message_body(body: object, max_bytes: int = MAX_MESSAGE_BYTES) -> s
 
 # SQS allows #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF.
 _SQS_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def validate_sse(sse: str | None, kms_key_id: str | None) -> tuple[str | None, str | None]:
+    """Check a server-side encryption choice: ``None``, ``"AES256"`` or ``"aws:kms"`` (with an
+    optional KMS key id, ARN or ``alias/...``). Returns ``(sse, kms_key_id)``, normalised.
+
+    Raises:
+        ConfigError: an unknown mode, or a KMS key without ``aws:kms``.
+    """
+    mode = sse.strip() if isinstance(sse, str) else sse
+    key = kms_key_id.strip() if isinstance(kms_key_id, str) else kms_key_id
+    if mode is not None and not isinstance(mode, str):
+        raise ConfigError(f"sse must be a string, got {type(mode).__name__}")
+    if mode:
+        canonical = {m.lower(): m for m in SSE_MODES}.get(mode.lower())
+        if canonical is None:
+            raise ConfigError(
+                f"unknown server-side encryption {mode!r} (REMOTEJOB_SSE / sse=): use AES256 "
+                "(S3-managed keys) or aws:kms (KMS, with REMOTEJOB_KMS_KEY_ID for your own key)"
+            )
+        mode = canonical
+    else:
+        mode = None
+    if key is not None and not isinstance(key, str):
+        raise ConfigError(f"kms_key_id must be a string, got {type(key).__name__}")
+    if key and mode != "aws:kms":
+        raise ConfigError(
+            "a KMS key (REMOTEJOB_KMS_KEY_ID / kms_key_id=) needs server-side encryption aws:kms: "
+            "set REMOTEJOB_SSE=aws:kms (or sse='aws:kms')"
+        )
+    if key and (len(key) > 2048 or any(c.isspace() for c in key)):
+        raise ConfigError("the KMS key id is not a key id, key ARN or alias/NAME: check REMOTEJOB_KMS_KEY_ID")
+    return mode, key or None

@@ -118,8 +118,13 @@ def _wait_ready(server: Server, check: object, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{server.name} did not become ready: {last!r}\n{log}")
 
 
-def start_moto() -> Server:
-    """Start ``moto_server`` (SQS and S3 over HTTP) on a free port."""
+def start_moto(env: dict[str, str] | None = None) -> Server:
+    """Start ``moto_server`` (SQS, S3, IAM... over HTTP) on a free port.
+
+    ``env`` adds to the server's environment, e.g. ``{"INITIAL_NO_AUTH_ACTION_COUNT": "4"}``:
+    moto then serves that many requests without checking credentials and enforces IAM policies
+    on every later one (the readiness check below spends one of them).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="remotejob-moto-"))
     port = free_port()
     log = workdir / "moto.log"
@@ -130,6 +135,7 @@ def start_moto() -> Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     server = Server("moto", f"http://127.0.0.1:{port}", proc, workdir, log)
     atexit.register(server.stop)  # also when the session ends without fixture teardown

@@ -78,6 +78,8 @@ _RECEIPT_CODES = frozenset({
     "ReceiptHandleIsInvalid", "InvalidReceiptHandle",
     "AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight",
 })
+_UNSUPPORTED_CODES = frozenset({"NotImplemented", "XNotImplemented", "501"})
+_PERMISSION_CODES = frozenset({"AccessDenied", "AccessDeniedException"})
 _VALUE_CODES: dict[str, type[ValueError]] = {
     "KeyTooLongError": InvalidKey,
     "MetadataTooLarge": MetadataError,
@@ -89,6 +91,21 @@ _ACCESS_KEY_LIKE = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
 
 class NoSuchBucket(NotFound):
     """The bucket itself is missing (so a store may create it and retry)."""
+
+
+class NotSupported(BackendUnavailable):
+    """The endpoint does not implement the call (``NotImplemented``, HTTP 501): some
+    S3-compatible stores lack bucket settings such as public access blocks."""
+
+
+def http_status(exc: BaseException | None) -> int | None:
+    """The HTTP status of the botocore failure behind a remotejob error (or of ``exc`` itself)."""
+    while exc is not None and not isinstance(exc, ClientError):
+        exc = exc.__cause__
+    if exc is None:
+        return None
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
 
 
 def client_config() -> Config:
@@ -142,6 +159,8 @@ class Translate:
         subject: what it was done to, e.g. ``object 'a' in s3://b/p/`` or ``queue 'q'``.
         missing: the NotFound message to use instead of the generic one.
         ok: AWS error codes that mean success here; :attr:`swallowed` then holds the code.
+        hint: appended to the message of a failure the service does not explain (an internal
+            error, an unsupported call), e.g. that the endpoint may not support encryption.
     """
 
     def __init__(
@@ -153,9 +172,10 @@ class Translate:
         *,
         missing: str | None = None,
         ok: Collection[str] = (),
+        hint: str | None = None,
     ) -> None:
         self.service, self.endpoint, self.action, self.subject = service, endpoint, action, subject
-        self.missing, self.ok = missing, ok
+        self.missing, self.ok, self.hint = missing, ok, hint
         self.swallowed: str | None = None
 
     def __enter__(self) -> Translate:
@@ -210,6 +230,12 @@ class Translate:
             return InvalidReceipt(f"{doing}: the receipt handle is not valid or has expired ({code})")
         if code in _VALUE_CODES:
             return _VALUE_CODES[code](f"{where} refused {doing}: {code}")
+        if code in _PERMISSION_CODES:
+            return BackendUnavailable(
+                f"{where} refused {doing} ({code}): the credentials in use are not allowed to: check "
+                "that identity's IAM policy (`remotejob iam-policy --role submitter|worker|admin` "
+                "prints what each role needs)"
+            )
         if code in _CREDENTIAL_CODES or status == 403:
             return BackendUnavailable(
                 f"{where} refused {doing} ({code or status}): check the credentials "
@@ -219,7 +245,11 @@ class Translate:
             return NoSuchBucket(self.missing or f"the bucket of {self.subject} does not exist at {where}")
         if code in _NOT_FOUND_CODES or status == 404:
             return NotFound(self.missing or f"{self.subject} does not exist ({where})")
-        return BackendUnavailable(f"{where} failed while {doing}: {code or status}: {_aws_message(exc)}")
+        hint = f"; {self.hint}" if self.hint else ""
+        if code in _UNSUPPORTED_CODES or status == 501:
+            return NotSupported(f"{where} does not support {doing} ({code or status}){hint}")
+        said = _aws_message(exc).rstrip(".") if hint else _aws_message(exc)
+        return BackendUnavailable(f"{where} failed while {doing}: {code or status}: {said}{hint}")
 
 
 _requests: Counter[str] = Counter()

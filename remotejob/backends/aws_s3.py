@@ -12,10 +12,11 @@ from collections.abc import Collection, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
+from botocore.exceptions import ClientError
 
-from ..errors import ConfigError, InvalidKey, NotFound
-from ..limits import decode_metadata, encode_metadata, validate_key, validate_metadata
-from ._aws import TRANSFER, LazyClient, NoSuchBucket, Translate
+from ..errors import BackendUnavailable, ConfigError, InvalidKey, NotFound
+from ..limits import decode_metadata, encode_metadata, validate_key, validate_metadata, validate_sse
+from ._aws import TRANSFER, LazyClient, NoSuchBucket, NotSupported, Translate, error_code, http_status
 from .base import Body, ObjectInfo, StoredObject
 
 if TYPE_CHECKING:
@@ -29,6 +30,23 @@ _IP_ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 _READ_BUFFER = 256 * 1024
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+"""The public access block every bucket remotejob creates gets: nothing in it is ever public."""
+_NO_PUBLIC_ACCESS_BLOCK = {"NoSuchPublicAccessBlockConfiguration"}
+_NO_ENCRYPTION = {"ServerSideEncryptionConfigurationNotFoundError"}
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(endpoint: str, what: str, message: str, *args: object) -> None:
+    """Log a warning once per endpoint and kind of trouble (not once per bucket or write)."""
+    if (endpoint, what) not in _warned:
+        _warned.add((endpoint, what))
+        logger.warning(message, *args)
 
 
 def validate_bucket(bucket: str) -> str:
@@ -64,10 +82,16 @@ class S3Store:
         endpoint_url: an S3-compatible endpoint; default: ``AWS_ENDPOINT_URL_S3`` or AWS.
         region: the region; default: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile's.
         session: a boto3 session to take credentials and settings from.
-        create_bucket: create the bucket when a write finds it missing.
+        create_bucket: create the bucket when a write finds it missing. A bucket this store
+            creates gets a public access block (all four settings on) and, with ``sse``, that
+            default encryption; an endpoint that lacks either call gets a warning, not an error.
+        sse: server-side encryption for every object written: ``"AES256"`` (S3-managed keys)
+            or ``"aws:kms"``; None leaves it to the bucket's default.
+        kms_key_id: the KMS key for ``"aws:kms"`` (id, ARN or ``alias/NAME``); None: S3's
+            AWS-managed key.
 
     Raises:
-        ConfigError: an invalid bucket name or prefix.
+        ConfigError: an invalid bucket name, prefix or encryption option.
     """
 
     def __init__(
@@ -79,8 +103,16 @@ class S3Store:
         region: str | None = None,
         session: boto3.session.Session | None = None,
         create_bucket: bool = True,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
     ) -> None:
         self.bucket = validate_bucket(bucket)
+        self.sse, self.kms_key_id = validate_sse(sse, kms_key_id)
+        self._sse_args: dict[str, str] = {}
+        if self.sse is not None:
+            self._sse_args["ServerSideEncryption"] = self.sse
+        if self.kms_key_id is not None:
+            self._sse_args["SSEKMSKeyId"] = self.kms_key_id
         root = prefix.strip("/")
         if root:
             try:
@@ -105,11 +137,71 @@ class S3Store:
         return validate_key(self.prefix + key)
 
     def _call(
-        self, action: str, key: str | None = None, ok: Collection[str] = ()
+        self, action: str, key: str | None = None, ok: Collection[str] = (), writing: bool = False
     ) -> Translate:
         subject = f"object {key!r} in {self.location}" if key is not None else f"bucket {self.bucket}"
         missing = f"no object {key!r} in {self.location}" if key is not None else None
-        return Translate("S3", self._client.endpoint(), action, subject, missing=missing, ok=ok)
+        hint = None
+        if writing and self.sse is not None:
+            hint = (
+                f"objects are written with server-side encryption {self.sse} (REMOTEJOB_SSE), which "
+                "this endpoint may not support: enable it there, or unset REMOTEJOB_SSE"
+            )
+        return Translate("S3", self._client.endpoint(), action, subject, missing=missing, ok=ok, hint=hint)
+
+    def endpoint(self) -> str:
+        """The S3 endpoint in use (a URL, never a credential)."""
+        return self._client.endpoint()
+
+    def exists(self) -> bool:
+        """Whether the bucket exists (and we may see it), without creating it.
+
+        Raises:
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        try:
+            with self._call("checking"):
+                self._s3.head_bucket(Bucket=self.bucket)
+        except NotFound:
+            return False
+        return True
+
+    def public_access_block(self) -> dict[str, bool] | None:
+        """The bucket's public access block settings, or None if it has none.
+
+        Raises:
+            NotSupported: the endpoint does not implement public access blocks.
+            NotFound: no such bucket.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        with self._call("reading the public access block of", ok=_NO_PUBLIC_ACCESS_BLOCK) as call:
+            reply = self._s3.get_public_access_block(Bucket=self.bucket)
+        if call.swallowed:
+            return None
+        settings = reply.get("PublicAccessBlockConfiguration", {})
+        return {name: bool(settings.get(name, False)) for name in PUBLIC_ACCESS_BLOCK}
+
+    def default_encryption(self) -> dict[str, str] | None:
+        """The bucket's default encryption, ``{"SSEAlgorithm": ..., "KMSMasterKeyID": ...}``
+        (the key only for KMS), or None if it has none.
+
+        Raises:
+            NotSupported: the endpoint does not implement bucket encryption settings.
+            NotFound: no such bucket.
+            BackendUnavailable: S3 cannot be reached, or refuses us.
+        """
+        with self._call("reading the default encryption of", ok=_NO_ENCRYPTION) as call:
+            reply = self._s3.get_bucket_encryption(Bucket=self.bucket)
+        if call.swallowed:
+            return None
+        for rule in reply.get("ServerSideEncryptionConfiguration", {}).get("Rules", []):
+            default = rule.get("ApplyServerSideEncryptionByDefault")
+            if default and default.get("SSEAlgorithm"):
+                found = {"SSEAlgorithm": str(default["SSEAlgorithm"])}
+                if default.get("KMSMasterKeyID"):
+                    found["KMSMasterKeyID"] = str(default["KMSMasterKeyID"])
+                return found
+        return None
 
     def ensure(self) -> None:
         """Create the bucket if it is missing; a bucket we own already is fine.
@@ -137,6 +229,58 @@ class S3Store:
                 self._s3.head_bucket(Bucket=self.bucket)
         elif call.swallowed is None:
             logger.info("created bucket %s", self.bucket)
+            self._secure_new_bucket()
+
+    def _secure_new_bucket(self) -> None:
+        """Block public access to a bucket we just created and, with ``sse``, set its default
+        encryption. A store that lacks a call (SeaweedFS has no public access blocks) or an
+        identity that may not make it gets a warning: the bucket is usable, and `remotejob
+        doctor` reports what is missing."""
+        endpoint = self._client.endpoint()
+        try:
+            with self._call("blocking public access to"):
+                self._s3.put_public_access_block(
+                    Bucket=self.bucket,
+                    PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK,  # type: ignore[arg-type]
+                )
+        except BackendUnavailable as exc:
+            _warn_once(
+                endpoint, "PutPublicAccessBlock",
+                "bucket %s was created without a public access block (%s); make sure the store "
+                "never serves it anonymously (`remotejob doctor` checks it)", self.bucket, _reason(exc),
+            )
+        if self.sse is None:
+            return
+        default: dict[str, Any] = {"SSEAlgorithm": self.sse}
+        if self.kms_key_id is not None:
+            default["KMSMasterKeyID"] = self.kms_key_id
+        rule: Any = {"ApplyServerSideEncryptionByDefault": default}
+        if self.sse == "aws:kms":
+            rule["BucketKeyEnabled"] = True  # one KMS request per bucket key, not per object
+        try:
+            with self._call("setting the default encryption of"):
+                self._s3.put_bucket_encryption(
+                    Bucket=self.bucket, ServerSideEncryptionConfiguration={"Rules": [rule]}
+                )
+        except BackendUnavailable as exc:
+            _warn_once(
+                endpoint, "PutBucketEncryption",
+                "bucket %s was created without default encryption (%s); remotejob still asks for "
+                "%s on every object it writes", self.bucket, _reason(exc), self.sse,
+            )
+
+    def _ensure_for_upload(self) -> None:
+        """Make sure of the bucket before a stream or file upload (which cannot be replayed after
+        NoSuchBucket). An identity that may write objects but not check the bucket (HeadBucket
+        needs s3:ListBucket, which a worker's policy may grant only for some prefixes) goes on:
+        the upload itself then succeeds or says what is wrong."""
+        try:
+            self.ensure()
+        except BackendUnavailable as exc:
+            if http_status(exc) != 403:
+                raise
+            logger.debug("could not check bucket %s (%s); uploading anyway", self.bucket, exc)
+            self._bucket_known = True
 
     def put(
         self,
@@ -162,7 +306,7 @@ class S3Store:
             body = bytes(body)
         if if_absent and not isinstance(body, bytes):
             raise ValueError("if_absent=True needs a bytes body (create-once records are small)")
-        extra = {"Metadata": encode_metadata(meta), "ContentType": content_type}
+        extra = {"Metadata": encode_metadata(meta), "ContentType": content_type, **self._sse_args}
         if isinstance(body, os.PathLike):
             return self._upload_file(key, full, body, extra, meta)
         if not isinstance(body, bytes):
@@ -180,7 +324,7 @@ class S3Store:
         meta: dict[str, str],
     ) -> ObjectInfo:
         conditional: dict[str, Any] = {"IfNoneMatch": "*"} if if_absent else {}
-        with self._call("writing", key):
+        with self._call("writing", key, writing=True):
             reply = self._s3.put_object(Bucket=self.bucket, Key=full, Body=body, **extra, **conditional)
         self._bucket_known = True
         etag = reply.get("ETag", "").strip('"')
@@ -191,9 +335,9 @@ class S3Store:
     ) -> ObjectInfo:
         # A stream cannot be replayed after NoSuchBucket, so the bucket is made sure of first.
         if self._create_bucket and not self._bucket_known:
-            self.ensure()
+            self._ensure_for_upload()
         counting = _Counting(body)
-        with self._call("writing", key):
+        with self._call("writing", key, writing=True):
             self._s3.upload_fileobj(
                 cast("IO[Any]", counting), self.bucket, full, ExtraArgs=extra, Config=TRANSFER
             )
@@ -205,9 +349,9 @@ class S3Store:
         # s3transfer reads a file's parts from disk in its threads, sized to the file: memory
         # stays bounded and files of any S3 size work, unlike a stream's fixed 8 MiB parts.
         if self._create_bucket and not self._bucket_known:
-            self.ensure()
+            self._ensure_for_upload()
         size = os.path.getsize(path)
-        with self._call("writing", key):
+        with self._call("writing", key, writing=True):
             self._s3.upload_file(os.fspath(path), self.bucket, full, ExtraArgs=extra, Config=TRANSFER)
         return ObjectInfo(key, size, meta, extra["ContentType"], "", time.time())
 
@@ -259,12 +403,14 @@ class S3Store:
         src, full = self._full(source), self._full(key)
         with self._call("reading", source):
             head = self._s3.head_object(Bucket=self.bucket, Key=src)
-        with self._call("copying to", key):
-            # Multipart copies do not carry metadata over by themselves, so it is given again.
+        with self._call("copying to", key, writing=True):
+            # Multipart copies do not carry metadata over by themselves, so it is given again;
+            # nor does a copy keep the source's encryption, so it is asked for again too.
             self._s3.copy(
                 {"Bucket": self.bucket, "Key": src}, self.bucket, full,
                 ExtraArgs={"Metadata": head.get("Metadata", {}), "ContentType": head.get("ContentType")
-                           or "application/octet-stream", "MetadataDirective": "REPLACE"},
+                           or "application/octet-stream", "MetadataDirective": "REPLACE",
+                           **self._sse_args},
                 Config=TRANSFER,
             )
         return dataclasses.replace(self._info(source, head), key=key, modified=time.time())
@@ -297,6 +443,15 @@ class S3Store:
                         etag=str(item.get("ETag", "")).strip('"'),
                         modified=modified.timestamp() if modified else 0.0,
                     )
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a bucket setting failed, in a few words (the AWS error code, never a secret)."""
+    cause = exc.__cause__
+    code = error_code(cause) if isinstance(cause, ClientError) else ""
+    if isinstance(exc, NotSupported):
+        return f"the endpoint does not support it: {code or 'NotImplemented'}"
+    return f"refused: {code}" if code else str(exc)
 
 
 class _Counting:

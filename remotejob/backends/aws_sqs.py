@@ -14,11 +14,15 @@ import boto3
 
 from ..errors import BackendUnavailable, ConfigError, InvalidReceipt, NotFound, PayloadTooLarge
 from ..limits import (
+    DEAD_LETTER_RETENTION_S,
     MAX_MESSAGE_BYTES,
+    MAX_RETENTION_S,
+    MIN_RETENTION_S,
     validate_batch,
     validate_delay,
     validate_message_body,
     validate_queue_name,
+    validate_sse,
     validate_visibility,
     validate_wait,
 )
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_RECEIVE_COUNT = 1000
-MIN_RETENTION_S, MAX_RETENTION_S = 60, 14 * 24 * 3600
+AWS_MANAGED_SQS_KEY = "alias/aws/sqs"
 _ALREADY_EXISTS = {"QueueAlreadyExists", "QueueNameExists", "AWS.SimpleQueueService.QueueNameExists"}
 _PURGE_IN_PROGRESS = {"PurgeQueueInProgress", "AWS.SimpleQueueService.PurgeQueueInProgress"}
 _RECEIPT_FAILURES = ("ReceiptHandleIsInvalid", "InvalidReceiptHandle", "MessageNotInflight")
@@ -52,6 +56,12 @@ class SqsQueues:
         endpoint_url: an SQS-compatible endpoint; default: ``AWS_ENDPOINT_URL_SQS`` or AWS.
         region: the region; default: ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile's.
         session: a boto3 session to take credentials and settings from.
+        sse: how queues this creates are encrypted at rest: None or ``"AES256"`` for SQS-managed
+            keys (SSE-SQS), ``"aws:kms"`` for KMS (``kms_key_id``, else SQS's AWS-managed key).
+        kms_key_id: the KMS key for ``"aws:kms"`` (id, ARN or ``alias/NAME``).
+
+    Raises:
+        ConfigError: an invalid encryption option.
     """
 
     def __init__(
@@ -60,7 +70,11 @@ class SqsQueues:
         endpoint_url: str | None = None,
         region: str | None = None,
         session: boto3.session.Session | None = None,
+        sse: str | None = None,
+        kms_key_id: str | None = None,
     ) -> None:
+        self.sse, self.kms_key_id = validate_sse(sse, kms_key_id)
+        self._session = session
         self._client = LazyClient("sqs", endpoint_url, region, session)
         self._urls: dict[str, str] = {}
         env = os.environ
@@ -76,6 +90,48 @@ class SqsQueues:
     @property
     def _sqs(self) -> SQSClient:
         return cast("SQSClient", self._client.get())
+
+    def endpoint(self) -> str:
+        """The SQS endpoint in use (a URL, never a credential)."""
+        return self._client.endpoint()
+
+    def region_name(self) -> str | None:
+        """The region queues live in, if known without asking AWS: the argument, ``AWS_REGION``,
+        ``AWS_DEFAULT_REGION`` or the profile's."""
+        region = self._client.region()
+        if region:
+            return region
+        try:
+            return (self._session or boto3.session.Session()).region_name or None
+        except Exception:  # noqa: BLE001 - a broken profile: unknown
+            return None
+
+    def encryption_attributes(self) -> dict[str, str]:
+        """The attributes that encrypt a new queue at rest, as configured."""
+        if self.sse == "aws:kms":
+            return {"KmsMasterKeyId": self.kms_key_id or AWS_MANAGED_SQS_KEY}
+        return {"SqsManagedSseEnabled": "true"}
+
+    def attributes(self, queue: str) -> dict[str, str]:
+        """Every attribute of a queue (``GetQueueAttributes All``), e.g. for `remotejob doctor`.
+
+        Raises:
+            NotFound: no such queue.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        url = self._url(queue)
+        with self._call("reading the attributes of", queue):
+            reply = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        return {str(name): str(value) for name, value in reply.get("Attributes", {}).items()}
+
+    def queue_url(self, queue: str) -> str:
+        """The queue's URL (looked up once).
+
+        Raises:
+            NotFound: no such queue.
+            BackendUnavailable: SQS cannot be reached, or refuses us.
+        """
+        return self._url(queue)
 
     @contextmanager
     def _call(self, action: str, queue: str, ok: Collection[str] = ()) -> Iterator[Translate]:
@@ -102,11 +158,14 @@ class SqsQueues:
     def ensure(self, names: Sequence[str], attributes: QueueAttributes) -> None:
         """Create the named queues if missing; existing queues keep their attributes.
 
-        A queue named as ``attributes.dead_letter`` is created first and without a redrive
-        policy of its own, so one call can create a queue and its dead-letter queue.
+        A queue named as ``attributes.dead_letter`` is created first, without a redrive policy
+        of its own and keeping messages for ``DEAD_LETTER_RETENTION_S`` (14 days), longer than
+        its sources, so one call can create a queue and its dead-letter queue. Every queue is
+        created encrypted at rest (see ``sse``).
 
         Raises:
-            ConfigError: an invalid queue name, retention or redrive policy.
+            ConfigError: an invalid queue name, retention or redrive policy, or a retention that
+                leaves no room for the dead-letter queue to keep messages longer.
             NotFound: the dead-letter queue neither exists nor is among ``names``.
             ValueError: a visibility timeout or wait outside SQS's limits.
             BackendUnavailable: SQS cannot be reached, or refuses us.
@@ -128,10 +187,16 @@ class SqsQueues:
                 raise ConfigError(
                     f"max_receive_count {attributes.max_receive_count} is outside SQS's 1-{MAX_RECEIVE_COUNT}"
                 )
+            if attributes.retention_s >= DEAD_LETTER_RETENTION_S:
+                raise ConfigError(
+                    f"retention {attributes.retention_s} s leaves the dead-letter queue no room to keep "
+                    f"messages longer than its sources: use less than {DEAD_LETTER_RETENTION_S} s"
+                )
         plain: dict[QueueAttributeNameType, str] = {
             "VisibilityTimeout": str(int(attributes.visibility_s)),
             "ReceiveMessageWaitTimeSeconds": str(int(attributes.wait_s)),
             "MessageRetentionPeriod": str(int(attributes.retention_s)),
+            **cast("dict[QueueAttributeNameType, str]", self.encryption_attributes()),
         }
         redrive: str | None = None
         for name in sorted(names, key=lambda n: n != dead):  # the dead-letter queue first
@@ -141,6 +206,8 @@ class SqsQueues:
             if dead is not None and name != dead:
                 redrive = redrive or self._redrive_policy(dead, attributes.max_receive_count or 0)
                 own["RedrivePolicy"] = redrive
+            elif dead is not None:
+                own["MessageRetentionPeriod"] = str(DEAD_LETTER_RETENTION_S)
             with self._call("creating", name, ok=_ALREADY_EXISTS) as call:
                 self._urls[name] = self._sqs.create_queue(QueueName=name, Attributes=own)["QueueUrl"]
             if call.swallowed:  # created concurrently with other attributes: it exists, leave it

@@ -1,0 +1,287 @@
+"""Least-privilege IAM policies for the three roles of a job system on AWS.
+
+``remotejob iam-policy --role ROLE`` prints one. Each is scoped to the job system's own bucket
+prefix and queues (see :mod:`remotejob.keys` for the layout) and grants what that role's code
+actually calls, no more:
+
+- **submitter** (``submit``, ``trigger``, ``status``, ``wait``, ``fetch``, ``ls``): writes inputs
+  (``in/``), batch manifests (``batches/``) and ``jobs/<id>/queued`` records, and removes them
+  again when a send fails; reads records, manifests and outputs; sends jobs to the status queues
+  (not to ``completed``, which only workers write: its messages are completion notices) and
+  reads and deletes those notices.
+- **worker** (``remotejob worker``, :class:`~remotejob.Worker`): takes, extends, releases and
+  deletes messages of the status queues and sends to them (the next pipeline stage, completion
+  notices); sends to the dead-letter queue but cannot read it; reads inputs, manifests, records
+  and outputs; writes only under ``jobs/`` (records, staged assets) and ``out/`` (published
+  assets, copied from staging); deletes only staged assets and progress records. It cannot
+  purge or delete queues, change their attributes, or write inputs.
+- **admin** (``init``, ``doctor``, ``stats``, ``dead``, ``purge``): everything under the prefix
+  and on the queues (including ``<name>-probe-*`` for ``stats --probe``), and the bucket's
+  settings: creation, public access block, default encryption.
+
+Notes on the choices:
+
+- SQS authorises ``SendMessageBatch``, ``DeleteMessageBatch`` and
+  ``ChangeMessageVisibilityBatch`` as their single-message actions. The policies name them as
+  ``sqs:SendMessage*`` etc.: on AWS that matches exactly the one action; tools that check the
+  batch name itself (moto) match it too.
+- ``s3:ListBucket`` is granted with ``StringLikeIfExists`` on ``s3:prefix``: listings are limited
+  to the role's prefixes, while requests that carry no prefix still count as allowed. S3 answers
+  a read of a missing key with 404 only to callers that may list the bucket (403 otherwise), and
+  remotejob relies on telling "not there yet" from "refused"; ``HeadBucket`` also needs it.
+- With ``aws:kms`` and a key of your own, the roles may use that key only through S3 and SQS
+  (``kms:ViaService``). SSE-S3, SSE-SQS and AWS-managed KMS keys need no KMS permissions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import keys
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+ROLES = ("submitter", "worker", "admin")
+NOTICES = "completed"
+"""The status whose queue carries completion notices (see ``Queue._notice``)."""
+
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+
+_SEND = "sqs:SendMessage*"
+_DELETE = "sqs:DeleteMessage*"
+_VISIBILITY = "sqs:ChangeMessageVisibility*"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a policy is scoped to: one job system's bucket prefix and queues."""
+
+    name: str
+    statuses: tuple[str, ...]
+    bucket: str | None
+    """None when the store is not on S3 (then the policy has no S3 statements)."""
+    prefix: str
+    """The key prefix inside the bucket, ``""`` or ending in ``/``."""
+    sqs: bool
+    """Whether the queues are on SQS (else the policy has no SQS statements)."""
+    region: str = "*"
+    account: str = "*"
+    sse: str | None = None
+    kms_key_id: str | None = None
+
+    @property
+    def partition(self) -> str:
+        """The AWS partition of the region (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        if self.region.startswith("us-gov-"):
+            return "aws-us-gov"
+        return "aws"
+
+    def objects(self, *paths: str) -> list[str]:
+        """ARNs of object keys under the prefix, e.g. ``objects("in/*")``."""
+        return [f"arn:{self.partition}:s3:::{self.bucket}/{self.prefix}{path}" for path in paths]
+
+    def bucket_arn(self) -> str:
+        """The bucket's ARN."""
+        return f"arn:{self.partition}:s3:::{self.bucket}"
+
+    def queues(self, *names: str) -> list[str]:
+        """ARNs of queues (full names, or patterns with ``*``)."""
+        return [f"arn:{self.partition}:sqs:{self.region}:{self.account}:{name}" for name in names]
+
+    def status_queues(self, *, but: tuple[str, ...] = ()) -> list[str]:
+        """The queue names of the statuses, except ``but``."""
+        return [keys.queue_name(self.name, s) for s in self.statuses if s not in but]
+
+
+def scope(
+    queue: Queue,
+    *,
+    region: str | None = None,
+    account: str | None = None,
+) -> Scope:
+    """The :class:`Scope` of a connected job system.
+
+    Args:
+        queue: the job system (its store and queues say the bucket, prefix and encryption).
+        region: the queues' region; default: what the SQS backend knows (``sqs://REGION``,
+            ``AWS_REGION``, the profile), else ``*``.
+        account: the 12-digit AWS account id; default ``*`` (any account).
+
+    Raises:
+        ConfigError: neither the store nor the queues are on AWS, or an invalid region/account.
+    """
+    from .backends.aws import S3Store, SqsQueues
+
+    store, queues = queue.object_store, queue.message_queue
+    bucket = store.bucket if isinstance(store, S3Store) else None
+    prefix = store.prefix if isinstance(store, S3Store) else ""
+    on_sqs = isinstance(queues, SqsQueues)
+    if bucket is None and not on_sqs:
+        raise ConfigError(
+            f"{queue.name!r} is not on AWS (store {store.location}, queues {queues.location}): an IAM "
+            "policy needs --store s3://BUCKET/prefix and/or --queues sqs:// (or REMOTEJOB_STORE/_QUEUES)"
+        )
+    if region is None and isinstance(queues, SqsQueues):
+        region = queues.region_name()
+    region = region or "*"
+    account = account or "*"
+    if region != "*" and not _REGION.fullmatch(region):
+        raise ConfigError(f"{region!r} is not an AWS region name, e.g. us-east-1 (or leave it out: *)")
+    if account != "*" and not _ACCOUNT.fullmatch(account):
+        raise ConfigError(f"{account!r} is not a 12-digit AWS account id (or leave it out: *)")
+    sse = kms = None
+    for backend in (store, queues):
+        if isinstance(backend, (S3Store, SqsQueues)) and backend.sse is not None:
+            sse, kms = backend.sse, backend.kms_key_id
+    return Scope(queue.name, tuple(queue.statuses), bucket, prefix, on_sqs, region, account, sse, kms)
+
+
+def policy(role: str, where: Scope) -> dict[str, Any]:
+    """The IAM policy document (``{"Version": ..., "Statement": [...]}``) for ``role``.
+
+    Raises:
+        ConfigError: an unknown role.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    statements: list[dict[str, Any]] = []
+    if where.bucket is not None:
+        statements += {"submitter": _submitter_s3, "worker": _worker_s3, "admin": _admin_s3}[role](where)
+    if where.sqs:
+        statements += {"submitter": _submitter_sqs, "worker": _worker_sqs, "admin": _admin_sqs}[role](where)
+    statements += _kms(role, where)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _allow(sid: str, actions: list[str], resources: list[str], condition: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def _list(where: Scope, *prefixes: str) -> dict[str, Any]:
+    patterns = [f"{where.prefix}{p}" for p in prefixes]
+    return _allow("ListOwnPrefixes", ["s3:ListBucket"], [where.bucket_arn()],
+                  {"StringLikeIfExists": {"s3:prefix": patterns}})
+
+
+# -- S3 ----------------------------------------------------------------------------------------
+
+
+def _submitter_s3(where: Scope) -> list[dict[str, Any]]:
+    written = where.objects("in/*", "batches/*", "jobs/*/queued")
+    return [
+        _allow("SubmitInputs", ["s3:PutObject", "s3:AbortMultipartUpload"], written),
+        # submit() removes what it stored when sending fails; remove("in", key) removes inputs.
+        _allow("TakeBackUnsentJobs", ["s3:DeleteObject"], written),
+        _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
+        _list(where, "jobs/*", "batches/*"),
+    ]
+
+
+def _worker_s3(where: Scope) -> list[dict[str, Any]]:
+    return [
+        # Records (progress, final, handoff, queued for the next stage), staged assets, and
+        # published outputs (put, or copied server-side from staging: GetObject + PutObject).
+        _allow("RecordOutcomes", ["s3:PutObject", "s3:AbortMultipartUpload"],
+               where.objects("jobs/*", "out/*")),
+        _allow("ClearStagingAndProgress", ["s3:DeleteObject"],
+               where.objects("jobs/*/attempts/*", "jobs/*/progress")),
+        _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
+        _list(where, "jobs/*"),
+    ]
+
+
+def _admin_s3(where: Scope) -> list[dict[str, Any]]:
+    everything = where.objects("*")
+    listing = _list(where, "*")
+    if not where.prefix:
+        del listing["Condition"]
+    return [
+        _allow("ManageObjects", ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                 "s3:AbortMultipartUpload"], everything),
+        listing,
+        _allow("ManageBucket", [
+            "s3:CreateBucket", "s3:GetBucketLocation",
+            "s3:PutBucketPublicAccessBlock", "s3:GetBucketPublicAccessBlock",
+            "s3:PutEncryptionConfiguration", "s3:GetEncryptionConfiguration",
+        ], [where.bucket_arn()]),
+    ]
+
+
+# -- SQS ---------------------------------------------------------------------------------------
+
+
+def _dead(where: Scope) -> str:
+    return keys.dead_letter_name(where.name)
+
+
+def _submitter_sqs(where: Scope) -> list[dict[str, Any]]:
+    statements = [
+        _allow("LookUpQueues", ["sqs:GetQueueUrl"], where.queues(*where.status_queues(), _dead(where))),
+    ]
+    targets = where.status_queues(but=(NOTICES,))
+    if targets:
+        statements.append(_allow("SendJobs", [_SEND], where.queues(*targets)))
+    if NOTICES in where.statuses:
+        statements.append(_allow("ReadCompletionNotices", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY],
+                                 where.queues(keys.queue_name(where.name, NOTICES))))
+    return statements
+
+
+def _worker_sqs(where: Scope) -> list[dict[str, Any]]:
+    return [
+        _allow("LookUpQueues", ["sqs:GetQueueUrl"], where.queues(*where.status_queues(), _dead(where))),
+        # Take, heartbeat, retry (visibility), finish (delete); hand on and notify (send).
+        _allow("WorkJobs", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND],
+               where.queues(*where.status_queues())),
+        _allow("DeadLetterJobs", [_SEND], where.queues(_dead(where))),
+    ]
+
+
+def _admin_sqs(where: Scope) -> list[dict[str, Any]]:
+    names = [*where.status_queues(), _dead(where), f"{where.name}-probe-*"]
+    return [
+        _allow("ManageQueues", [
+            "sqs:CreateQueue", "sqs:DeleteQueue", "sqs:PurgeQueue",
+            "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes",
+            "sqs:ListDeadLetterSourceQueues",
+            "sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND,
+        ], where.queues(*names)),
+    ]
+
+
+# -- KMS ---------------------------------------------------------------------------------------
+
+
+def _kms(role: str, where: Scope) -> list[dict[str, Any]]:
+    key = where.kms_key_id
+    if where.sse != "aws:kms" or not key:
+        return []
+    services = []
+    if where.bucket is not None:
+        services.append(f"s3.{where.region}.amazonaws.com")
+    if where.sqs:
+        services.append(f"sqs.{where.region}.amazonaws.com")
+    condition: dict[str, Any] = {"StringLike": {"kms:ViaService": services}}
+    alias = key if key.startswith("alias/") else None
+    if key.startswith("arn:") and ":alias/" in key:
+        alias = "alias/" + key.split(":alias/", 1)[1]
+    if alias is not None:
+        resource = f"arn:{where.partition}:kms:{where.region}:{where.account}:key/*"
+        condition["ForAnyValue:StringEquals"] = {"kms:ResourceAliases": alias}
+    elif key.startswith("arn:"):
+        resource = key
+    else:
+        resource = f"arn:{where.partition}:kms:{where.region}:{where.account}:key/{key}"
+    actions = ["kms:GenerateDataKey", "kms:Decrypt"] + (["kms:DescribeKey"] if role == "admin" else [])
+    return [_allow("UseJobSystemKey", actions, [resource], condition)]

@@ -1,0 +1,328 @@
+"""The printed IAM policies, enforced: a worker can do its job and nothing more.
+
+A moto server of this module's own runs with IAM enforcement on (``INITIAL_NO_AUTH_ACTION_COUNT``:
+the first requests are served without checking credentials, every later one must be signed by
+a known IAM user and allowed by its policies). The first few requests create a bootstrap user
+with every permission; everything after that is checked. Each role's user gets exactly the
+policy `remotejob iam-policy --role ROLE` prints, plus one statement moto needs (see
+``MOTO_GET_QUEUE_URL``), and runs the real code: ``submit``, a :class:`remotejob.Worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from click.testing import CliRunner
+
+import remotejob
+from remotejob import doctor
+from remotejob.backends._aws import Translate
+from remotejob.backends.aws import S3Store, SqsQueues
+from remotejob.backends.base import QueueAttributes
+from remotejob.cli import main
+from remotejob.errors import BackendUnavailable, ConfigError
+from remotejob.policy import Scope, policy
+from tests import servers
+from tests.conftest import unique
+
+BOOTSTRAP_REQUESTS = 3
+"""Unchecked requests after the server is ready: CreateUser, CreateAccessKey, PutUserPolicy."""
+
+MOTO_UNSCOPED = {"submitter": ["sqs:GetQueueUrl"], "worker": ["sqs:GetQueueUrl"],
+                 "admin": ["sqs:GetQueueUrl", "sqs:CreateQueue"]}
+"""moto checks these SQS actions against resource ``*``: it finds the queue ARN only in a
+request naming an existing queue's URL, so not for GetQueueUrl and CreateQueue. AWS checks them
+against the queue's ARN, and the printed policy grants them on the job system's queue ARNs
+(asserted in ``JobSystem.user``); the test adds them on ``*`` for moto, and nothing else."""
+
+STATUSES = ("pending", "inprogress", "completed")
+
+
+@dataclass
+class Identity:
+    """An IAM user's access key (the secret never appears in any message)."""
+
+    key_id: str
+    secret: str
+
+    def session(self) -> boto3.session.Session:
+        return boto3.session.Session(
+            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret, region_name=servers.REGION
+        )
+
+    def client(self, service: str, endpoint: str) -> Any:
+        return self.session().client(  # type: ignore[call-overload]
+            service, endpoint_url=endpoint, config=Config(retries={"mode": "standard", "max_attempts": 1})
+        )
+
+
+@dataclass
+class EnforcingMoto:
+    """moto with IAM enforcement on, and the bootstrap user allowed everything."""
+
+    server: servers.Server
+    root: Identity
+
+    def user(self, role: str, document: dict[str, Any]) -> Identity:
+        iam = self.root.client("iam", self.server.endpoint)
+        name = unique(f"{role}-")
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="remotejob", PolicyDocument=json.dumps(document))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return Identity(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+@pytest.fixture(scope="module")
+def moto_iam() -> Iterator[EnforcingMoto]:
+    # The readiness check spends one unchecked request, the bootstrap the others.
+    server = servers.start_moto(env={"INITIAL_NO_AUTH_ACTION_COUNT": str(1 + BOOTSTRAP_REQUESTS)})
+    try:
+        iam = servers._client("iam", server.endpoint)  # any key, while nothing is checked yet
+        iam.create_user(UserName="bootstrap")  # type: ignore[attr-defined]
+        iam.put_user_policy(  # type: ignore[attr-defined]
+            UserName="bootstrap", PolicyName="all",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+        )
+        key = iam.create_access_key(UserName="bootstrap")["AccessKey"]  # type: ignore[attr-defined]
+        with pytest.raises(ClientError, match="InvalidClientTokenId|security token"):
+            servers._client("sqs", server.endpoint).list_queues()  # type: ignore[attr-defined]
+        yield EnforcingMoto(server, Identity(key["AccessKeyId"], key["SecretAccessKey"]))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS",
+                 "REMOTEJOB_SSE", "REMOTEJOB_KMS_KEY_ID", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_REGION", servers.REGION)
+
+
+@dataclass
+class JobSystem:
+    """One job system on the enforcing server, created by the bootstrap user."""
+
+    moto: EnforcingMoto
+    name: str
+    bucket: str
+
+    @property
+    def store_url(self) -> str:
+        return f"s3://{self.bucket}/p"
+
+    def connect(self, who: Identity) -> remotejob.Queue:
+        endpoint, session = self.moto.server.endpoint, who.session()
+        return remotejob.connect(
+            self.name,
+            store=S3Store(self.bucket, "p", endpoint_url=endpoint, region=servers.REGION, session=session,
+                          sse="AES256"),
+            queues=SqsQueues(endpoint_url=endpoint, region=servers.REGION, session=session),
+            visibility_timeout=3, wait_time=1, max_attempts=2,
+        )
+
+    def printed(self, role: str) -> dict[str, Any]:
+        """What `remotejob iam-policy --role ROLE --json` prints for this job system."""
+        result = CliRunner().invoke(
+            main, ["--name", self.name, "--store", self.store_url, "--queues", "sqs://",
+                   "iam-policy", "--role", role, "--json"],
+            env={"REMOTEJOB_SSE": "AES256"},
+        )
+        assert result.exit_code == 0, result.output
+        document: dict[str, Any] = json.loads(result.output)
+        return document
+
+    def user(self, role: str) -> Identity:
+        document = self.printed(role)
+        queue_arns = f"arn:aws:sqs:{servers.REGION}:*:{self.name}-"
+        for action in MOTO_UNSCOPED[role]:
+            granted = [s for s in document["Statement"] if action in s["Action"]]
+            assert granted and all(r.startswith(queue_arns) for s in granted for r in s["Resource"])
+        document["Statement"].append(
+            {"Sid": "MotoUnscoped", "Effect": "Allow", "Action": MOTO_UNSCOPED[role], "Resource": "*"}
+        )
+        return self.moto.user(role, document)
+
+
+@pytest.fixture
+def system(moto_iam: EnforcingMoto) -> JobSystem:
+    made = JobSystem(moto_iam, unique("iam"), unique("remotejob-iam-"))
+    made.connect(moto_iam.root).init()
+    return made
+
+
+def _refused(call: Any, *secrets: str) -> str:
+    """Run ``call``; it must be refused with a remotejob error that leaks no secret."""
+    with pytest.raises(BackendUnavailable) as caught:
+        call()
+    message = str(caught.value)
+    assert "refused" in message, message
+    for secret in secrets:
+        assert secret not in message
+    return message
+
+
+def _queue_call(queues: SqsQueues, action: str, queue: str, call: Any) -> Any:
+    """A raw SQS call that remotejob itself never makes, translated the one way remotejob does."""
+    with Translate("SQS", queues.endpoint(), action, f"queue {queue!r}"):
+        return call()
+
+
+def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: Path) -> None:
+    submitter, worker = system.user("submitter"), system.user("worker")
+    sub = system.connect(submitter)
+    large = tmp_path / "large.bin"
+    large.write_bytes(bytes(range(256)) * 1024)  # 256 KiB: stored under in/, not inline
+    ids = sub.submit_many([
+        {"body": b"slow"}, {"body": large}, {"body": b"fail once"}, {"body": b"fail always"},
+    ])
+
+    def handler(job: remotejob.Job) -> list[dict[str, Any]]:
+        data = job.open().read()
+        if data == b"fail always" or (data == b"fail once" and job.receive_count == 1):
+            raise RuntimeError(f"asked to fail ({job.receive_count})")
+        if data == b"slow":
+            time.sleep(2.2)  # past a heartbeat (a third of the 3 s visibility): extends, records progress
+        out = tmp_path / f"{job.id}.out"
+        out.write_bytes(data[::-1] * (200_000 // len(data) + 1))  # over 64 KiB: staged, then copied
+        return [{"key": "output", "body": out}, {"key": "note", "body": b"small, inline in the record"}]
+
+    wq = system.connect(worker)
+    worker_run = remotejob.Worker(wq, handler, concurrency=4, burst=True, retry_delay=0, handle_signals=False)
+    taken = worker_run.run()
+
+    assert taken == 6  # four jobs, two of them twice
+    states = {job_id: sub.status(job_id).state for job_id in ids}
+    assert list(states.values()) == ["completed", "completed", "completed", "failed"], states
+    for job_id, body in zip(ids[:3], (b"slow", large.read_bytes(), b"fail once"), strict=True):
+        assert sub.retrieve("out", f"{job_id}/output").read() == body[::-1] * (200_000 // len(body) + 1)
+        assert sub.retrieve("out", f"{job_id}/note").read() == b"small, inline in the record"
+    admin = system.connect(system.moto.root)
+    assert admin.object_store.head(f"jobs/{ids[0]}/progress").size > 0  # the heartbeat wrote it
+    [letter] = admin.dead_letters()
+    assert letter.job == ids[3] and "asked to fail (2)" in letter.reason
+
+    queues = wq.message_queue
+    assert isinstance(queues, SqsQueues)
+    secrets = (worker.secret, submitter.secret, system.moto.root.secret)
+    pending, dead = f"{system.name}-pending", f"{system.name}-dead"
+    sqs = worker.client("sqs", system.moto.server.endpoint)
+    url = queues.queue_url(pending)
+    _refused(lambda: queues.purge(pending), *secrets)
+    _refused(lambda: _queue_call(queues, "deleting", pending, lambda: sqs.delete_queue(QueueUrl=url)),
+             *secrets)
+    _refused(lambda: _queue_call(queues, "changing", pending, lambda: sqs.set_queue_attributes(
+        QueueUrl=url, Attributes={"MessageRetentionPeriod": "60"})), *secrets)
+    _refused(lambda: queues.receive(dead, 1, 0), *secrets)  # it may send dead letters, not read them
+    for outside in ("in/forged", "batches/forged", "elsewhere"):
+        message = _refused(lambda key=outside: wq.object_store.put(key, b"not a worker's to write"), *secrets)
+        assert "AccessDenied" in message and "iam-policy" in message
+    other = S3Store(system.bucket, "other-system", endpoint_url=system.moto.server.endpoint,
+                    region=servers.REGION, session=worker.session())
+    _refused(lambda: other.put("out/x/output", b"outside this job system's prefix"), *secrets)
+    _refused(lambda: wq.object_store.delete(f"jobs/{ids[0]}/final"), *secrets)
+    _refused(lambda: wq.object_store.delete(f"out/{ids[0]}/output"), *secrets)
+    # and all of it is still there: the admin's purge is what the worker's was not allowed
+    assert admin.status(ids[0]).state == "completed"
+    admin.message_queue.purge(pending)
+
+
+def test_submitter_policy_submits_and_reads_but_takes_no_jobs(system: JobSystem) -> None:
+    submitter = system.user("submitter")
+    sub = system.connect(submitter)
+    job_id = sub.submit({"body": b"to do", "key": unique("k")})
+    inline = sub.submit({"body": b"small"})
+    assert sub.status(job_id).state == "pending" and sub.status(inline).state == "pending"
+    assert sub.retrieve("in", job_id).read() == b"to do"
+
+    queues = sub.message_queue
+    pending = f"{system.name}-pending"
+    _refused(lambda: queues.receive(pending, 1, 0), submitter.secret)
+    _refused(lambda: queues.purge(pending), submitter.secret)
+    _refused(lambda: queues.send(f"{system.name}-completed", "a forged notice"), submitter.secret)
+    _refused(lambda: sub.object_store.put(f"out/{job_id}/output", b"forged"), submitter.secret)
+    _refused(lambda: sub.object_store.put(f"jobs/{job_id}/final", b"forged"), submitter.secret)
+    assert queues.receive(f"{system.name}-completed", 1, 0) == []  # it may read completion notices
+
+
+def test_admin_policy_manages_queues_and_reads_their_settings(system: JobSystem) -> None:
+    admin = system.user("admin")
+    q = system.connect(admin)
+    queues = q.message_queue
+    assert isinstance(queues, SqsQueues)
+    queues.purge(f"{system.name}-pending")
+    checks = doctor.check_queues(queues, system.name, STATUSES, max_attempts=2)
+    assert [c.level for c in checks if c.level != "ok"] == [], [c.line() for c in checks]
+    probe = [f"{system.name}-probe-pending", f"{system.name}-probe-dead"]  # as `stats --probe` makes
+    queues.ensure(probe, QueueAttributes(dead_letter=probe[1], max_receive_count=2))
+    _queue_call(queues, "deleting", probe[0], lambda: admin.client("sqs", system.moto.server.endpoint)
+                .delete_queue(QueueUrl=queues.queue_url(probe[0])))
+
+
+def test_policies_are_scoped_to_the_prefix_and_queues() -> None:
+    where = Scope("photos", STATUSES, "my-bucket", "jobs/", True, "eu-west-1", "123456789012")
+
+    def actions(doc: dict[str, Any]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for statement in doc["Statement"]:
+            assert statement["Effect"] == "Allow"
+            for action in statement["Action"]:
+                found.setdefault(action, set()).update(statement["Resource"])
+        return found
+
+    worker = actions(policy("worker", where))
+    assert worker["s3:PutObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*",
+                                      "arn:aws:s3:::my-bucket/jobs/out/*"}
+    assert worker["s3:DeleteObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*/attempts/*",
+                                         "arn:aws:s3:::my-bucket/jobs/jobs/*/progress"}
+    assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:SendMessage*"]
+    assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" not in worker["sqs:ReceiveMessage"]
+    for forbidden in ("sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:CreateQueue",
+                      "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:*", "sqs:*"):
+        assert forbidden not in worker
+    submitter = actions(policy("submitter", where))
+    assert "sqs:ReceiveMessage" in submitter
+    assert submitter["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:123456789012:photos-completed"}
+    assert "arn:aws:sqs:eu-west-1:123456789012:photos-completed" not in submitter["sqs:SendMessage*"]
+    admin = actions(policy("admin", where))
+    assert {"sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "s3:PutBucketPublicAccessBlock",
+            "s3:PutEncryptionConfiguration"} <= set(admin)
+    assert all("*" not in resource.split(":")[-1] or "probe" in resource
+               for resource in admin["sqs:PurgeQueue"])
+
+    kms = Scope("photos", STATUSES, "my-bucket", "", True, "eu-west-1", "123456789012", "aws:kms",
+                "1234abcd-12ab-34cd-56ef-1234567890ab")
+    [statement] = [s for s in policy("worker", kms)["Statement"] if s["Sid"] == "UseJobSystemKey"]
+    assert statement["Resource"] == [
+        "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"]
+    assert statement["Condition"]["StringLike"]["kms:ViaService"] == [
+        "s3.eu-west-1.amazonaws.com", "sqs.eu-west-1.amazonaws.com"]
+    with pytest.raises(ConfigError, match="unknown role"):
+        policy("root", where)
+
+
+def test_iam_policy_needs_aws_and_valid_ids(tmp_path: Path) -> None:
+    runner = CliRunner()
+    embedded = runner.invoke(
+        main, ["--name", "x", "iam-policy", "--role", "worker"],
+        env={"REMOTEJOB_HOME": str(tmp_path), "REMOTEJOB_STORE": "", "REMOTEJOB_QUEUES": ""},
+    )
+    assert embedded.exit_code == 2 and "s3://" in embedded.output
+    bad = runner.invoke(main, ["--store", "s3://my-bucket", "--queues", "sqs://", "iam-policy", "--role",
+                               "worker", "--account", "12"])
+    assert bad.exit_code == 2 and "12-digit" in bad.output
+    good = runner.invoke(main, ["--store", "s3://my-bucket", "--queues", "sqs://eu-west-1", "iam-policy",
+                                "--role", "worker"])
+    assert good.exit_code == 0 and "arn:aws:sqs:eu-west-1:*:jobs-pending" in good.output
