@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ import pytest
 from remotejob.backends.base import ObjectStore
 from remotejob.errors import AlreadyExists, BackendUnavailable, InvalidKey, MetadataError, NotFound
 from tests.conftest import BackendSetup
+
+INLINE_MAX = 64 * 1024
+"""The largest bytes body the embedded store keeps in its index instead of a blob file."""
 
 ODD_METADATA = {"Name": "Ünïcode ☃", "with space": "  padded  ", "empty": ""}
 
@@ -389,13 +394,13 @@ def test_keys_never_become_file_names(embedded: BackendSetup, tmp_path: Path) ->
     keys = ["in/escape..txt", "CON", "a\\b", "x" * 1024, "a", "a/b"]
 
     for key in keys:
-        store.put(key, key.encode())
+        store.put(key, key.encode() + bytes(INLINE_MAX))  # too large to be inline: a blob file
 
     assert {p.name for p in root.iterdir()} <= {"blobs", "index.db", "index.db-wal", "index.db-shm"}
     blobs = sorted(p.name for p in (root / "blobs").iterdir())
     assert len(blobs) == len(keys)
     assert all(len(name) == 32 and int(name, 16) >= 0 for name in blobs)
-    assert [store.get(key).read() for key in keys] == [key.encode() for key in keys]
+    assert [store.get(key).read() for key in keys] == [key.encode() + bytes(INLINE_MAX) for key in keys]
 
 
 def test_unusable_folder_is_backend_unavailable(embedded: BackendSetup, tmp_path: Path) -> None:
@@ -430,15 +435,285 @@ def test_stores_in_two_processes_share_objects(embedded: BackendSetup, tmp_path:
     assert LocalStore(root).get("from-child").read() == b"hello back"
 
 
-def test_reader_keeps_its_body_while_the_key_is_overwritten(embedded: BackendSetup, tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [8, INLINE_MAX + 1], ids=["inline", "blob"])
+def test_reader_keeps_its_body_while_the_key_is_overwritten(
+    embedded: BackendSetup, tmp_path: Path, size: int
+) -> None:
     from remotejob.backends.local import LocalStore
 
     store = LocalStore(tmp_path / "s")
-    store.put("k", b"old body")
+    old, new = b"old body".ljust(size, b"."), b"new body".ljust(size, b".")
+    store.put("k", old)
 
     with store.get("k") as obj:
-        store.put("k", b"new body")
+        store.put("k", new)
         store.delete("k")
-        assert obj.read() == b"old body"
+        assert obj.read() == old
 
     assert list((tmp_path / "s" / "blobs").iterdir()) == []
+
+
+# -- the embedded store keeps small bodies in its index ------------------------------------------
+
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    key BLOB PRIMARY KEY,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    metadata TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    modified REAL NOT NULL
+) WITHOUT ROWID
+"""
+"""The index's table before small bodies were kept in it."""
+
+
+def blob_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "blobs").iterdir())
+
+
+def index_row(root: Path, key: str) -> tuple[str, bytes | None]:
+    """The ``blob`` and ``data`` the index holds for ``key``."""
+    with closing(sqlite3.connect(root / "index.db")) as conn:
+        row = conn.execute("SELECT blob, data FROM objects WHERE key = ?", (key.encode(),)).fetchone()
+    assert row is not None
+    return str(row[0]), row[1]
+
+
+def data_columns(root: Path) -> list[str]:
+    with closing(sqlite3.connect(root / "index.db")) as conn:
+        return [row[1] for row in conn.execute("PRAGMA table_info(objects)") if row[1] == "data"]
+
+
+def test_the_inline_limit_is_64_kib(embedded: BackendSetup) -> None:
+    from remotejob.backends import local_store
+
+    assert getattr(local_store, "INLINE_MAX", None) == INLINE_MAX
+
+
+def test_a_small_bytes_body_writes_no_blob_file_and_a_large_one_does(
+    embedded: BackendSetup, tmp_path: Path
+) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    small, largest_inline, large = b"status", os.urandom(INLINE_MAX), os.urandom(INLINE_MAX + 1)
+
+    infos = {key: store.put(key, body, {"k": key}, "application/json")
+             for key, body in [("small", small), ("edge", largest_inline), ("empty", b"")]}
+
+    assert blob_files(root) == []
+    assert index_row(root, "small") == ("inline", small)
+    store.put("view", memoryview(bytearray(b"abcd")).cast("I"))  # type: ignore[arg-type]  # 1 item, 4 bytes
+    assert index_row(root, "view") == ("inline", b"abcd")
+    store.put("large", large)
+    store.put("stream", io.BytesIO(small))  # streams and paths always go to a blob file
+    assert len(blob_files(root)) == 2
+    assert index_row(root, "large")[1] is None and index_row(root, "stream")[1] is None
+    for key, body in [("small", small), ("edge", largest_inline), ("empty", b""), ("large", large),
+                      ("stream", small), ("view", b"abcd")]:
+        with store.get(key) as obj:
+            assert obj.read() == body
+            assert obj.size == len(body)
+    assert store.head("small") == infos["small"]
+    edge = store.head("edge")
+    assert (edge.metadata, edge.content_type) == ({"k": "edge"}, "application/json")
+    assert [(i.key, i.size) for i in store.list()] == [
+        ("edge", INLINE_MAX), ("empty", 0), ("large", INLINE_MAX + 1),
+        ("small", 6), ("stream", 6), ("view", 4),
+    ]
+
+
+def test_an_inline_body_has_the_etag_of_the_same_bytes_in_a_blob(
+    embedded: BackendSetup, tmp_path: Path
+) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+
+    inline = store.put("inline", b"same bytes")
+    in_blob = store.put("blob", io.BytesIO(b"same bytes"))
+
+    assert index_row(root, "inline")[1] == b"same bytes" and index_row(root, "blob")[1] is None
+    assert inline.etag == in_blob.etag == hashlib.md5(b"same bytes").hexdigest()  # noqa: S324
+    assert store.head("inline").etag == store.head("blob").etag == inline.etag
+
+
+def test_overwrite_and_delete_across_inline_and_blob_leave_no_file(
+    embedded: BackendSetup, tmp_path: Path
+) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    large, larger = os.urandom(INLINE_MAX + 1), os.urandom(INLINE_MAX + 2)
+
+    store.put("k", large, {"v": "1"})
+    assert len(blob_files(root)) == 1
+    store.put("k", b"small", {"v": "2"})
+    assert blob_files(root) == []
+    assert store.get("k").read() == b"small" and store.head("k").metadata == {"v": "2"}
+    store.put("k", larger, {"v": "3"})
+    assert len(blob_files(root)) == 1
+    assert store.get("k").read() == larger and store.head("k").size == INLINE_MAX + 2
+    store.put("k", b"again")
+    store.delete("k")
+    assert blob_files(root) == []
+    assert keys_of(store) == []
+
+    store.put("once", b"small", if_absent=True)
+    with pytest.raises(AlreadyExists):
+        store.put("once", large, if_absent=True)
+    store.put("once-large", large, if_absent=True)
+    with pytest.raises(AlreadyExists):
+        store.put("once-large", b"small", if_absent=True)
+    assert store.get("once").read() == b"small" and store.get("once-large").read() == large
+    assert len(blob_files(root)) == 1
+    store.delete("once-large")
+    store.delete("once")
+    assert blob_files(root) == []
+
+
+def test_a_copy_of_an_inline_object_is_inline_and_of_a_blob_a_link(
+    embedded: BackendSetup, tmp_path: Path
+) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    large = os.urandom(INLINE_MAX + 1)
+    store.put("small", b"small", {"a": "1"}, "text/plain")
+    store.put("large", large)
+    store.put("dst-was-large", large)
+    store.put("dst-was-small", b"x")
+
+    store.copy("small", "small-copy")
+    store.copy("small", "dst-was-large")
+    store.copy("large", "large-copy")
+    store.copy("large", "dst-was-small")
+
+    assert index_row(root, "small-copy") == ("inline", b"small")
+    assert index_row(root, "dst-was-large") == ("inline", b"small")
+    assert store.head("small-copy").metadata == {"a": "1"}
+    assert store.get("small-copy").read() == b"small"
+    linked = root / "blobs" / index_row(root, "large-copy")[0]
+    assert linked.stat().st_ino == (root / "blobs" / index_row(root, "large")[0]).stat().st_ino
+    assert linked.stat().st_nlink == 3  # large, large-copy, dst-was-small
+    assert len(blob_files(root)) == 3  # the three links, and the replaced blob of dst-was-large is gone
+    for key in ("small", "small-copy", "dst-was-large", "large", "large-copy", "dst-was-small"):
+        store.delete(key)
+    assert blob_files(root) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("blob", "0" * 32), ("blob", ""), ("blob", "../../x"), ("data", None), ("data", "text")],
+    ids=["inline-with-a-blob-name", "inline-empty-blob", "inline-escaping-blob", "inline-without-data",
+         "inline-text"],
+)
+def test_an_altered_inline_row_is_refused(
+    embedded: BackendSetup, tmp_path: Path, column: str, value: str | None
+) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    store.put("k", b"inline")
+    with closing(sqlite3.connect(root / "index.db")) as conn, conn:
+        conn.execute(f"UPDATE objects SET {column} = ? WHERE key = ?", (value, b"k"))  # noqa: S608
+
+    for attempt in (lambda: store.get("k"), lambda: store.head("k"), lambda: store.copy("k", "c")):
+        with pytest.raises(BackendUnavailable, match="not a blob of this store"):
+            attempt()
+    store.put("k", b"overwritten")
+    assert store.get("k").read() == b"overwritten"
+    store.delete("k")
+    assert keys_of(store) == [] and blob_files(root) == []
+
+
+def test_a_blob_row_given_inline_data_is_refused(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    store = LocalStore(root)
+    store.put("k", io.BytesIO(b"in a blob"))
+    with closing(sqlite3.connect(root / "index.db")) as conn, conn:
+        conn.execute("UPDATE objects SET data = ? WHERE key = ?", (b"planted", b"k"))
+
+    with pytest.raises(BackendUnavailable, match="not a blob of this store"):
+        store.get("k")
+    store.delete("k")
+    assert blob_files(root) == []
+
+
+def make_old_index(root: Path) -> bytes:
+    """A store as the previous version left it: the old table, one object in a blob file."""
+    body = b"stored before inline bodies"
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / ("ab" * 16)).write_bytes(body)
+    with closing(sqlite3.connect(root / "index.db")) as conn, conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(OLD_SCHEMA)
+        conn.execute(
+            "INSERT INTO objects (key, blob, size, metadata, content_type, etag, modified) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (b"old", "ab" * 16, len(body), '{"v": "old"}', "text/plain",
+             hashlib.md5(body).hexdigest(), 1.0),  # noqa: S324
+        )
+    return body
+
+
+def test_an_old_index_is_migrated_when_opened(embedded: BackendSetup, tmp_path: Path) -> None:
+    from remotejob.backends.local import LocalStore
+
+    root = tmp_path / "s"
+    body = make_old_index(root)
+    assert data_columns(root) == []
+
+    store = LocalStore(root)
+    store.put("new", b"inline now")
+    LocalStore(root).put("again", b"opened twice")  # a second opening finds the column there
+
+    assert data_columns(root) == ["data"]
+    assert index_row(root, "new") == ("inline", b"inline now")
+    with store.get("old") as obj:
+        assert (obj.read(), obj.metadata, obj.content_type) == (body, {"v": "old"}, "text/plain")
+    store.put("old", b"small now")  # its blob file goes
+    assert blob_files(root) == []
+    assert keys_of(store) == ["again", "new", "old"]
+
+
+def test_processes_opening_an_old_index_at_once_all_migrate_it(
+    embedded: BackendSetup, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "s"
+    body = make_old_index(root)
+    go = tmp_path / "go"
+    script = (
+        "import os, sys, time\nfrom remotejob.backends.local import LocalStore\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "s = LocalStore(sys.argv[1])\n"
+        "s.put('from/' + sys.argv[3], sys.argv[3].encode())\n"
+        "assert s.get('old').read() == " + repr(body) + "\n"
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", script, str(root), str(go), str(n)],
+                         cwd=Path(__file__).parent.parent)
+        for n in range(6)
+    ]
+    go.touch()
+
+    assert [child.wait(timeout=60) for child in children] == [0] * 6
+    assert data_columns(root) == ["data"]
+    from remotejob.backends.local import LocalStore
+
+    store = LocalStore(root)
+    assert {key: store.get(key).read() for key in keys_of(store, "from/")} == {
+        f"from/{n}": str(n).encode() for n in range(6)
+    }

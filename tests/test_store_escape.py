@@ -110,6 +110,13 @@ def queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Sit
     yield site, remotejob.connect("escape", home=site.inside, wait_time=0)
 
 
+@pytest.fixture
+def bodies_in_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep even small bodies in blob files, for the tests of links and files planted among them
+    (the store otherwise keeps bodies of up to ``INLINE_MAX`` bytes in its index)."""
+    monkeypatch.setattr(local_store, "INLINE_MAX", -1)
+
+
 def blob_path(store: LocalStore, key: str) -> Path:
     """The file holding ``key``'s body, as the index names it."""
     with closing(sqlite3.connect(store.root / "index.db")) as conn:
@@ -297,6 +304,7 @@ def test_an_asset_filename_with_a_path_publishes_under_its_base_name(
 # -- links and files planted inside the store's folder -------------------------------------------
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_blobs_folder_replaced_by_a_link_is_refused(site: Site, store: LocalStore) -> None:
     store.put("k", b"mine")
     blobs = store.root / "blobs"
@@ -315,6 +323,7 @@ def test_a_blobs_folder_replaced_by_a_link_is_refused(site: Site, store: LocalSt
     site.assert_untouched(store)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_blob_replaced_by_a_link_to_the_canary_is_not_read(site: Site, store: LocalStore) -> None:
     store.put("k", b"mine")
     blob = blob_path(store, "k")
@@ -326,6 +335,7 @@ def test_a_blob_replaced_by_a_link_to_the_canary_is_not_read(site: Site, store: 
     site.assert_untouched(store)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_blob_replaced_by_a_link_to_the_canary_is_not_copied(site: Site, store: LocalStore) -> None:
     store.put("k", b"mine")
     blob = blob_path(store, "k")
@@ -339,6 +349,7 @@ def test_a_blob_replaced_by_a_link_to_the_canary_is_not_copied(site: Site, store
     site.assert_untouched(store)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_overwriting_and_deleting_a_linked_blob_removes_the_link_not_the_canary(
     site: Site, store: LocalStore
 ) -> None:
@@ -366,6 +377,7 @@ def plant_link_at_next_blob(
     (store.root / "blobs" / f"{name}{suffix}").symlink_to(target)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_link_planted_as_the_temporary_file_is_not_written_through(
     site: Site, store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -376,6 +388,7 @@ def test_a_link_planted_as_the_temporary_file_is_not_written_through(
     site.assert_untouched(store)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_link_planted_as_the_next_blob_is_replaced_not_written_through(
     site: Site, store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,6 +400,7 @@ def test_a_link_planted_as_the_next_blob_is_replaced_not_written_through(
     site.assert_untouched(store)
 
 
+@pytest.mark.usefixtures("bodies_in_files")
 def test_a_blob_replaced_by_a_fifo_is_refused_without_blocking(site: Site, store: LocalStore) -> None:
     store.put("k", b"mine")
     blob = blob_path(store, "k")
@@ -433,10 +447,15 @@ def test_a_queue_database_planted_as_a_link_is_refused(site: Site, name: str) ->
     site.assert_untouched()
 
 
-@pytest.mark.parametrize("blob", ["../../canary/secret.txt", "/proc/self/environ", "", "."])
+@pytest.mark.parametrize("inline", [False, True], ids=["blob", "inline"])
+@pytest.mark.parametrize("blob", ["../../canary/secret.txt", "/proc/self/environ", "", ".", "inline"])
 def test_an_index_entry_naming_a_file_outside_the_blobs_is_refused(
-    site: Site, store: LocalStore, blob: str
+    site: Site, store: LocalStore, blob: str, inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if not inline:
+        monkeypatch.setattr(local_store, "INLINE_MAX", -1)
+    elif blob == "inline":
+        pytest.skip("that is an inline row's own marker")
     store.put("k", b"mine")
     with closing(sqlite3.connect(store.root / "index.db")) as conn, conn:
         conn.execute("UPDATE objects SET blob = ? WHERE key = ?", (blob, b"k"))

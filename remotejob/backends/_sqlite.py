@@ -108,7 +108,23 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run the body in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on error."""
+        """Run the body in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on error.
+
+        This process's writers take turns on a lock first. Threads waiting for SQLite's write lock
+        wait in its busy handler, which sleeps 1, 2, 5, 10... ms between tries instead of waking
+        when the lock is free: eight worker threads putting small records spent a quarter of their
+        time there. On this lock they wake as soon as it is released; processes still meet on
+        SQLite's lock.
+        """
+        key = (os.getpid(), str(self.path))  # a child of fork() makes its own
+        lock = _writers.get(key)
+        if lock is None:
+            with _writers_lock:
+                lock = _writers.setdefault(key, threading.Lock())
+        with lock:
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -118,6 +134,10 @@ class Database:
             if conn.in_transaction:
                 conn.rollback()
             raise
+
+
+_writers: dict[tuple[int, str], threading.Lock] = {}
+_writers_lock = threading.Lock()
 
 
 @contextmanager

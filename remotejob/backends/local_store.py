@@ -2,8 +2,15 @@
 
 Layout under the root folder::
 
-    index.db        key -> (blob file, size, metadata, content type, etag, modified), WAL mode
-    blobs/<hex>     one file per object body, named at random
+    index.db        key -> (blob file, size, metadata, content type, etag, modified, data), WAL mode
+    blobs/<hex>     one file per object body too large to be inline, named at random
+
+A body given as bytes of at most :data:`INLINE_MAX` bytes is *inline*: it is the row's ``data``
+and the row's ``blob`` is :data:`_INLINE` (``"inline"``), so a small put is one SQLite transaction,
+durable through SQLite's write-ahead log, and writes no file. Every other body (larger bytes, file
+objects, paths) is a blob file, and its row's ``data`` is NULL. A row is inline exactly when its
+``data`` is not NULL and its ``blob`` is the marker; any other row must name a blob. An index
+written before inline bodies existed gains the ``data`` column when first opened.
 
 Blob names never derive from keys, so a key cannot escape the folder, distinct keys never collide
 and keys may be as long as S3 allows. Keys are stored as UTF-8 BLOBs, which SQLite compares
@@ -14,15 +21,16 @@ Nothing inside the folder is trusted to stay as the store left it, so nothing th
 it: ``blobs`` is opened as a folder without following a link and every blob is opened relative to
 it, without following links (a new one with ``O_EXCL``), and read only if it is a regular file;
 ``index.db`` and its side files must not be links; a blob name read from the index must have the
-shape of a blob name. Reading or writing through anything planted there fails with
-``BackendUnavailable``; overwriting or deleting a key removes a planted link, never its target.
-The path *to* the folder is the caller's and may pass through links. Needs POSIX (Linux, macOS):
-``O_NOFOLLOW`` and ``dir_fd``.
+shape of a blob name (but for the marker of an inline row, which opens no file). Reading or writing
+through anything planted there fails with ``BackendUnavailable``; overwriting or deleting a key
+removes a planted link, never its target. The path *to* the folder is the caller's and may pass
+through links. Needs POSIX (Linux, macOS): ``O_NOFOLLOW`` and ``dir_fd``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,7 +46,7 @@ from typing import IO, BinaryIO
 
 from ..errors import AlreadyExists, BackendUnavailable, NotFound
 from ..limits import validate_key, validate_metadata
-from ._sqlite import Database, translate_errors
+from ._sqlite import BUSY_TIMEOUT_S, Database, translate_errors
 from .base import Body, ObjectInfo, StoredObject
 
 logger = logging.getLogger(__name__)
@@ -46,9 +54,16 @@ logger = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 """Bytes read from a body file object at a time."""
 
+INLINE_MAX = 64 * 1024
+"""The largest body, given as bytes, kept in the index row instead of a blob file."""
+
+_INLINE = "inline"
+"""The ``blob`` of an inline row: not a blob name, so no file is ever opened or removed for it."""
+
 _PAGE = 1000
 """Index rows fetched per query while listing (as S3 pages its listings)."""
 
+# ``data`` comes last: an index made before it existed gains it by ALTER TABLE, which appends.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     key BLOB PRIMARY KEY,
@@ -57,19 +72,22 @@ CREATE TABLE IF NOT EXISTS objects (
     metadata TEXT NOT NULL,
     content_type TEXT NOT NULL,
     etag TEXT NOT NULL,
-    modified REAL NOT NULL
+    modified REAL NOT NULL,
+    data BLOB
 ) WITHOUT ROWID;
 """
 
 _INSERT = (
-    "INSERT INTO objects (key, blob, size, metadata, content_type, etag, modified) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO objects (key, blob, size, metadata, content_type, etag, modified, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _REPLACE = (
-    "INSERT OR REPLACE INTO objects (key, blob, size, metadata, content_type, etag, modified) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO objects (key, blob, size, metadata, content_type, etag, modified, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_SELECT = "SELECT key, blob, size, metadata, content_type, etag, modified FROM objects WHERE key = ?"
+_SELECT = (
+    "SELECT key, blob, size, metadata, content_type, etag, modified, data FROM objects WHERE key = ?"
+)
 _LIST = (
     "SELECT key, blob, size, metadata, content_type, etag, modified FROM objects "
     "WHERE key >= ? AND key > ? ORDER BY key LIMIT ?"
@@ -78,7 +96,9 @@ _LIST_TO = (
     "SELECT key, blob, size, metadata, content_type, etag, modified FROM objects "
     "WHERE key >= ? AND key > ? AND key < ? ORDER BY key LIMIT ?"
 )
-_Row = tuple[bytes, str, int, str, str, str, float]
+_Listed = tuple[bytes, str, int, str, str, str, float]
+_Row = tuple[bytes, str, int, str, str, str, float, bytes | None]
+"""An index row: key, blob, size, metadata, content type, etag, modified, inline data."""
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{32}")
 """What :func:`_new_blob_name` makes: the only file names the index may point to."""
@@ -94,6 +114,43 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 def _new_blob_name() -> str:
     """A fresh blob file name: 32 random hex digits."""
     return secrets.token_hex(16)
+
+
+class _Index(Database):
+    """The index database: on each new connection, after the schema, add the ``data`` column
+    to an index made before inline bodies (idempotent, and safe when processes race to do it)."""
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        super()._set_up(conn)
+        if _has_data_column(conn):
+            return
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Looked at again under the write lock: another process may just have added it.
+                    if not _has_data_column(conn):
+                        conn.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+                        logger.info("added inline bodies to the index %s", self.path)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+                return
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" in str(exc):
+                    return
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+
+
+def _has_data_column(conn: sqlite3.Connection) -> bool:
+    return any(column[1] == "data" for column in conn.execute("PRAGMA table_info(objects)"))
 
 
 class LocalStore:
@@ -116,7 +173,7 @@ class LocalStore:
         self.root = Path(root).absolute()
         self.location = f"file://{self.root}"
         self._blobs = self.root / "blobs"
-        self._db = Database(self.root / "index.db", _SCHEMA, prepare=self._make_folders)
+        self._db = _Index(self.root / "index.db", _SCHEMA, prepare=self._make_folders)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -209,7 +266,8 @@ class LocalStore:
     ) -> ObjectInfo:
         """Store ``body`` under ``key``; readers see the old object or the new one, never a part.
 
-        ``body`` is bytes or a binary file object, read in 1 MiB chunks until EOF.
+        ``body`` is bytes or a binary file object, read in 1 MiB chunks until EOF. Bytes of at
+        most :data:`INLINE_MAX` are kept in the index row; anything else goes to a blob file.
 
         Raises:
             AlreadyExists: ``if_absent`` and the key exists (the existing object is untouched).
@@ -227,17 +285,27 @@ class LocalStore:
             raise TypeError(f"body must be bytes or a binary file object, got {type(body).__name__}")
         if if_absent and not is_bytes:
             raise TypeError("if_absent=True needs the body as bytes, as S3's conditional put does")
+        data: bytes | None = None
+        if isinstance(body, bytes | bytearray | memoryview):
+            body = bytes(body)  # len() of a memoryview counts items, not bytes
+            if len(body) <= INLINE_MAX:
+                data = body
         with self._errors(f"writing {key!r}"):
             self._db.connection()
-            blob, size, etag = self._write_blob(body)
+            if data is not None:
+                blob, size, etag = _INLINE, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+            else:
+                blob, size, etag = self._write_blob(body)
             info = ObjectInfo(key, size, checked, content_type, etag, time.time())
-            self._commit((key.encode(), blob, size, json.dumps(checked), content_type, etag, info.modified),
-                         if_absent)
+            self._commit(
+                (key.encode(), blob, size, json.dumps(checked), content_type, etag, info.modified, data),
+                if_absent,
+            )
             return info
 
     def _commit(self, row: _Row, if_absent: bool) -> None:
-        """Index the row whose blob is written: on failure the blob goes, on success the one
-        it replaced."""
+        """Index the row whose blob is written (or which is inline): on failure its blob goes,
+        on success the one it replaced."""
         try:
             replaced = self._index(row, if_absent)
         except BaseException:
@@ -262,7 +330,8 @@ class LocalStore:
             return None if old is None else str(old[0])
 
     def _write_blob(self, body: Body) -> tuple[str, int, str]:
-        """Write the body to a new blob file, durably; return its name, size and MD5 hex.
+        """Write the body to a new blob file, durably; return its name, size and MD5 hex (the etag,
+        as for an inline body).
 
         The temporary file is created with ``O_EXCL``: a file or link already in its place
         (planted: the name is random) fails the write instead of being written through.
@@ -292,6 +361,8 @@ class LocalStore:
         return name, size, digest.hexdigest()
 
     def _unlink(self, blob: str) -> None:
+        if blob == _INLINE:  # an inline row has no file
+            return
         if not _BLOB_NAME.fullmatch(blob):
             logger.warning("not removing %r from %s: it is not a blob of this store", blob, self.location)
             return
@@ -314,12 +385,16 @@ class LocalStore:
         validate_key(key)
         with self._errors(f"reading {key!r}"):
             row = self._row(key)
+            if row[7] is not None:
+                return StoredObject(_info(row), io.BytesIO(row[7]))
             with self._blob_folder() as folder:
                 try:
                     stream = self._open_blob(folder, row[1])
                 except FileNotFoundError:
                     # Overwritten or deleted between the index read and the open: read the index again.
                     row = self._row(key)
+                    if row[7] is not None:
+                        return StoredObject(_info(row), io.BytesIO(row[7]))
                     stream = self._open_blob(folder, row[1])
             return StoredObject(_info(row), stream)
 
@@ -336,7 +411,8 @@ class LocalStore:
             return _info(self._row(key))
 
     def copy(self, source: str, key: str) -> ObjectInfo:
-        """Copy the object at ``source`` to ``key`` (a hard link to its blob where possible).
+        """Copy the object at ``source`` to ``key``: an inline copy of an inline object, else a hard
+        link to its blob where possible.
 
         Raises:
             NotFound: no object at ``source``.
@@ -347,9 +423,10 @@ class LocalStore:
         validate_key(key)
         with self._errors(f"copying {source!r} to {key!r}"):
             row = self._row(source)
-            blob = self._link_blob(row[1])
+            blob = _INLINE if row[7] is not None else self._link_blob(row[1])
             info = ObjectInfo(key, row[2], json.loads(row[3]), row[4], row[5], time.time())
-            self._commit((key.encode(), blob, row[2], row[3], row[4], row[5], info.modified), if_absent=False)
+            self._commit((key.encode(), blob, row[2], row[3], row[4], row[5], info.modified, row[7]),
+                         if_absent=False)
             return info
 
     def _link_blob(self, blob: str) -> str:
@@ -376,10 +453,17 @@ class LocalStore:
         row = conn.execute(_SELECT, (key.encode(),)).fetchone()
         if row is None:
             raise NotFound(f"no object {key!r} in {self.location}")
-        if not isinstance(row[1], str) or not _BLOB_NAME.fullmatch(row[1]):
+        data, blob = row[7], row[1]
+        if data is None:
+            valid = isinstance(blob, str) and _BLOB_NAME.fullmatch(blob) is not None
+        else:  # inline, which the store marks so; an altered row may not make a blob row inline
+            valid = isinstance(data, bytes) and blob == _INLINE
+        if not valid:
+            says = (f"says {key!r} is in {blob!r}, which is" if data is None
+                    else f"has inline data for {key!r} with blob {blob!r} instead of {_INLINE!r}:")
             raise BackendUnavailable(
-                f"the index of {self.location} says {key!r} is in {row[1]!r}, which is not a blob "
-                "of this store: the index was altered; delete the key or restore the index"
+                f"the index of {self.location} {says} not a blob of this store: the index was "
+                "altered; delete the key or restore the index"
             )
         return row  # type: ignore[no-any-return]
 
@@ -451,8 +535,8 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _info(row: _Row) -> ObjectInfo:
-    key, _blob, size, metadata, content_type, etag, modified = row
+def _info(row: _Row | _Listed) -> ObjectInfo:
+    key, _blob, size, metadata, content_type, etag, modified = row[:7]
     return ObjectInfo(key.decode(), size, json.loads(metadata), content_type, etag, modified)
 
 
