@@ -94,6 +94,7 @@ class Database:
                     for statement in self._schema.split(";"):
                         if statement.strip():
                             conn.execute(statement)
+                    self._migrate(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -105,6 +106,10 @@ class Database:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring an older database's schema up to date (inside the set-up transaction, under
+        SQLite's write lock, so processes racing to do it do it once); nothing by default."""
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

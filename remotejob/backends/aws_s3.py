@@ -209,10 +209,7 @@ class S3Store:
         Raises:
             BackendUnavailable: S3 cannot be reached, or refuses us.
         """
-        try:
-            with self._call("checking"):
-                self._s3.head_bucket(Bucket=self.bucket)
-        except NotFound:
+        if not self.exists():
             self._make_bucket()
         self._bucket_known = True
 

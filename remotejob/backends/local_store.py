@@ -46,7 +46,7 @@ from typing import IO, BinaryIO
 
 from ..errors import AlreadyExists, BackendUnavailable, NotFound
 from ..limits import validate_key, validate_metadata
-from ._sqlite import BUSY_TIMEOUT_S, Database, translate_errors
+from ._sqlite import Database, translate_errors
 from .base import Body, ObjectInfo, StoredObject
 
 logger = logging.getLogger(__name__)
@@ -117,36 +117,12 @@ def _new_blob_name() -> str:
 
 
 class _Index(Database):
-    """The index database: on each new connection, after the schema, add the ``data`` column
-    to an index made before inline bodies (idempotent, and safe when processes race to do it)."""
+    """The index database; an index made before inline bodies gets their ``data`` column."""
 
-    def _set_up(self, conn: sqlite3.Connection) -> None:
-        super()._set_up(conn)
-        if _has_data_column(conn):
-            return
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
-        delay = 0.005
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # Looked at again under the write lock: another process may just have added it.
-                    if not _has_data_column(conn):
-                        conn.execute("ALTER TABLE objects ADD COLUMN data BLOB")
-                        logger.info("added inline bodies to the index %s", self.path)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.rollback()
-                    raise
-                return
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" in str(exc):
-                    return
-                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        if not _has_data_column(conn):
+            conn.execute("ALTER TABLE objects ADD COLUMN data BLOB")
+            logger.info("added inline bodies to the index %s", self.path)
 
 
 def _has_data_column(conn: sqlite3.Connection) -> bool:
