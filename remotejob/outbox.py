@@ -22,7 +22,7 @@ from .limits import MAX_MESSAGE_BYTES
 logger = logging.getLogger(__name__)
 
 BATCH = 10
-LINGER_S = 0.05
+LINGER_S = 0.2
 """How long a finished job waits for others to share its requests."""
 
 
