@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,18 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A SIGTERM that arrives while this process still starts up (imports, connect) must stop it
+    # as the worker's own handler would, not kill it: tests stop workers they have just started.
+    started: list[remotejob.Worker] = []
+    early_stop: list[int] = []
+
+    def stop_early(signum: int, frame: object) -> None:
+        early_stop.append(signum)
+        if started:
+            started[0].stop()
+
+    signal.signal(signal.SIGTERM, stop_early)
+    signal.signal(signal.SIGINT, stop_early)
     args = parse(argv)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
@@ -147,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         q, make_handler(args), concurrency=args.concurrency, grace_period=args.grace,
         retry_delay=args.retry_delay, max_retry_delay=max(args.retry_delay, 900.0),
     )
+    started.append(worker)
+    if early_stop:
+        worker.stop()
     logging.getLogger("worker_proc").info("ready pid=%d", os.getpid())
     taken = worker.run()
     logging.getLogger("worker_proc").info("run() returned: took %d job(s), interrupted=%s", taken,
