@@ -87,8 +87,9 @@ def trigger_many(queue: Queue, job_keys: Iterable[str], status: str) -> list[str
 
 def _prepare(queue: Queue, entry: Entry, status: str, now: float, batch_id: str, index: int) -> _Job:
     if entry.key is not None:  # the caller named it: stored under that key, with its own record
-        key, digest = queue._store_hashed("in", entry)
-        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=entry.metadata, sha256=digest)
+        key, stored = queue._store("in", entry)
+        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=entry.metadata,
+                            sha256=stored.sha256)
         return _Job(key, queue._seal(encode(envelope)))
     job_id = keys.batch_job_id(batch_id, index)
     envelope = Envelope(job=job_id, key=job_id, status=status, sent=now, meta=entry.metadata)
@@ -97,8 +98,9 @@ def _prepare(queue: Queue, entry: Entry, status: str, now: float, batch_id: str,
         message = queue._seal(encode(replace(envelope, body=base64.b64encode(data).decode("ascii"))))
         if len(message.encode("utf-8")) <= INLINE_ENVELOPE_MAX:
             return _Job(job_id, message, batched=True)
-    _, digest = queue._store_hashed("in", replace(entry, key=job_id))
-    return _Job(job_id, queue._seal(encode(replace(envelope, sha256=digest))), stored=True, batched=True)
+    _, stored = queue._store("in", replace(entry, key=job_id))
+    return _Job(job_id, queue._seal(encode(replace(envelope, sha256=stored.sha256))), stored=True,
+                batched=True)
 
 
 def _small_body(body: BodyLike) -> bytes | None:

@@ -111,7 +111,7 @@ class Job:
         source = self._envelope.input
         if source is None:
             return self._envelope.sha256
-        asset = source.removeprefix(keys.output_key(self.id, "x")[:-1])
+        asset = source.removeprefix(keys.output_prefix(self.id))
         digest = self._envelope.outputs.get(asset, {}).get("sha256")
         return digest if isinstance(digest, str) else None
 

@@ -67,9 +67,14 @@ def job_from_segment(segment: str) -> str:
     return segment.replace("%2F", "/").replace("%25", "%")
 
 
+def output_prefix(job_id: str) -> str:
+    """The prefix of a job's outputs: ``out/<job-segment>/``."""
+    return f"out/{job_segment(job_id)}/"
+
+
 def output_key(job_id: str, asset: str) -> str:
     """Where one output asset of a job lives: ``out/<job-segment>/<asset>``."""
-    return validate_key(f"out/{job_segment(job_id)}/{validate_key(asset)}")
+    return validate_key(output_prefix(job_id) + validate_key(asset))
 
 
 def record_key(job_id: str, record: str) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, completion, config, dead, keys, signing
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
-from .bodies import Entry, open_body, parse_entry, verified
+from .bodies import Entry, Prepared, open_body, parse_entry, verified
 from .completion import encode_record, public_outputs
 from .envelope import DeadLetter, Envelope, decode, encode, wrap_dead
 from .errors import (
@@ -147,18 +147,16 @@ class Queue:
             ValueError: unknown direction or no body. InvalidKey, MetadataError: rejected input
                 (nothing is written).
         """
-        return self._store_entry(keys.direction(direction), parse_entry(data))
+        return self._store(keys.direction(direction), parse_entry(data))[0]
 
-    def _store_entry(self, direction: str, entry: Entry) -> str:
-        return self._store_hashed(direction, entry)[0]
-
-    def _store_hashed(self, direction: str, entry: Entry) -> tuple[str, str]:
-        """Store an entry; return its key and the SHA-256 of what was stored."""
+    def _store(self, direction: str, entry: Entry) -> tuple[str, Prepared]:
+        """Store an entry; return its key and the body as stored (its ``sha256`` costs a second
+        read of a file, so only callers that record it ask for it)."""
         key = entry.key or keys.new_key()
         full_key = keys.object_key(direction, key)
         with open_body(entry.body) as prepared:
             self.object_store.put(full_key, prepared.body, entry.metadata, entry.content_type)
-            return key, prepared.sha256
+        return key, prepared
 
     def retrieve(self, direction: str, key: str, sha256: str | None = None) -> StoredObject:
         """Open a stored object for streaming: ``.read()``, ``.open()``, ``.metadata``.
