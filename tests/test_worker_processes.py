@@ -72,7 +72,13 @@ class WorkerProcess:
         return self.err.read_text(errors="replace")
 
     def send(self, signum: int) -> None:
-        os.kill(self.pid, signum)
+        """Send ``signum``. A SIGTERM or SIGINT waits for the worker's "ready" line first: until the
+        interpreter has started and imported, nothing handles them, and the test would kill a worker
+        it meant to stop."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            wait_until(lambda: self.popen.poll() is not None or "ready pid=" in self.stderr(), 30,
+                       f"worker {self.pid} to start up")
+        self.popen.send_signal(signum)  # a no-op once the process has been waited for
         self.signals.append(signum)
 
     def exit_code(self, timeout: float, what: str = "the worker to exit") -> int:
