@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,19 @@ def _wait_ready(server: Server, check: object, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{server.name} did not become ready: {last!r}\n{log}")
 
 
+def _started(start: Callable[[], Server], attempts: int = 3) -> Server:
+    """``start()``, again on fresh ports if it fails: the test processes pick free ports
+    independently, and another may bind one between our check and the server's own bind."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            print(f"retrying on other ports: {exc}", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
 def start_moto(env: dict[str, str] | None = None) -> Server:
     """Start ``moto_server`` (SQS, S3, IAM... over HTTP) on a free port.
 
@@ -125,6 +139,10 @@ def start_moto(env: dict[str, str] | None = None) -> Server:
     moto then serves that many requests without checking credentials and enforces IAM policies
     on every later one (the readiness check below spends one of them).
     """
+    return _started(lambda: _start_moto(env))
+
+
+def _start_moto(env: dict[str, str] | None) -> Server:
     workdir = Path(tempfile.mkdtemp(prefix="remotejob-moto-"))
     port = free_port()
     log = workdir / "moto.log"
@@ -146,6 +164,10 @@ def start_moto(env: dict[str, str] | None = None) -> Server:
 
 def start_seaweedfs() -> Server:
     """Start SeaweedFS (``weed server -s3``) with an S3 identity, so anonymous access is refused."""
+    return _started(_start_seaweedfs)
+
+
+def _start_seaweedfs() -> Server:
     workdir = Path(tempfile.mkdtemp(prefix="remotejob-weed-"))
     identities = workdir / "identities.json"
     identities.write_text(
