@@ -1,4 +1,5 @@
-"""Fixtures shared by every suite: real servers once per session, and the ``backend`` fixture.
+"""Fixtures shared by every suite: real servers once per session (each of `./dev test`'s xdist
+processes is a session of its own), and the ``backend`` fixture.
 
 ``backend`` is parametrised over the three settings the project supports; only the servers the
 selected setting needs are started, so one missing server never hides the others:
