@@ -115,17 +115,24 @@ def _wait_ready(server: Server, check: object, timeout: float = 60.0) -> None:
             last = exc
             time.sleep(0.25)
     log = server.log.read_text(errors="replace")[-3000:] if server.log.exists() else ""
+    exited = server.process.poll() is not None
     server.stop()
-    raise RuntimeError(f"{server.name} did not become ready: {last!r}\n{log}")
+    error = ServerExited if exited else RuntimeError
+    raise error(f"{server.name} did not become ready: {last!r}\n{log}")
+
+
+class ServerExited(RuntimeError):
+    """The server process ended while starting (e.g. a port taken before it could bind)."""
 
 
 def _started(start: Callable[[], Server], attempts: int = 3) -> Server:
-    """``start()``, again on fresh ports if it fails: the test processes pick free ports
-    independently, and another may bind one between our check and the server's own bind."""
+    """``start()``, again on fresh ports if the server exits while starting: the test processes
+    pick free ports independently, and another may bind one between our check and the server's
+    own bind. A server that never answers is not retried (that is no port race)."""
     for attempt in range(1, attempts + 1):
         try:
             return start()
-        except RuntimeError as exc:
+        except ServerExited as exc:
             if attempt == attempts:
                 raise
             print(f"retrying on other ports: {exc}", file=sys.stderr)
