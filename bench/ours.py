@@ -180,18 +180,30 @@ class WorkerProcess:
                 self.argv, cwd=REPO, env=child_env(self.env), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.process.poll() is not None:
-                raise MeasurementError(f"worker {self.name} exited at start ({self.process.returncode})"
-                                       f":\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise MeasurementError(f"worker {self.name} did not start in {timeout:.0f} s:\n"
-                                       f"{self.log_tail()}")
-            time.sleep(POLL_S)
+        self._await(self.ready_file, timeout, "exited at start", "did not start")
         started: float = json.loads(self.ready_file.read_text())["started"]
         return started
+
+    def _await(self, path: Path, timeout: float, exited: str, late: str) -> None:
+        """Wait until the worker writes ``path``.
+
+        Raises:
+            MeasurementError: the process exited without writing it, or ``timeout`` passed (the
+                process is killed).
+        """
+        assert self.process is not None, "start() first"  # noqa: S101 - a programming error
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.process.poll() is not None:
+                if path.exists():  # written just before the process exited
+                    break
+                raise MeasurementError(f"worker {self.name} {exited} (exit {self.process.returncode}):\n"
+                                       f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise MeasurementError(f"worker {self.name} {late} in {timeout:.0f} s (killed):\n"
+                                       f"{self.log_tail()}")
+            time.sleep(POLL_S)
 
     def result(self, timeout: float) -> dict[str, Any]:
         """Wait for the worker's result file (written as its ``run()`` returns) and read it.
@@ -202,19 +214,7 @@ class WorkerProcess:
         Raises:
             MeasurementError: no result within ``timeout`` (the process is killed), or it failed.
         """
-        assert self.process is not None, "start() first"  # noqa: S101 - a programming error
-        deadline = time.monotonic() + timeout
-        while not self.out_file.exists():
-            if self.process.poll() is not None:
-                if self.out_file.exists():
-                    break
-                raise MeasurementError(f"worker {self.name} failed (exit {self.process.returncode}):\n"
-                                       f"{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise MeasurementError(f"worker {self.name} did not finish in {timeout:.0f} s (killed):\n"
-                                       f"{self.log_tail()}")
-            time.sleep(POLL_S)
+        self._await(self.out_file, timeout, "failed", "did not finish")
         doc: dict[str, Any] = json.loads(self.out_file.read_text())
         return doc
 
