@@ -17,6 +17,8 @@ keep working::
     ├── JobFailed                         wait() on a job that ended in failure
     ├── WaitTimeout                       wait() or next() ran out of time (also TimeoutError)
     └── BackendUnavailable                the store or queue cannot be reached or refuses us
+        ├── UncertainResult               a request whose reply was lost: it may have been applied
+        └── BatchPartlyFailed             some entries of a batch request failed, the others did not
 
 Backends translate their own exceptions (botocore, sqlite3, OSError) into these in one place each,
 chaining the cause with ``raise ... from exc``.
@@ -88,3 +90,22 @@ class JobFailed(RemoteJobError):
 
 class WaitTimeout(RemoteJobError, TimeoutError):
     """Raised by wait() when the job did not finish in time; safe to wait again."""
+
+
+class UncertainResult(BackendUnavailable):
+    """Raised when a request's reply was lost (a read timeout, a dropped connection, a server
+    error): it may or may not have been applied. Retry only what is idempotent."""
+
+
+class BatchPartlyFailed(BackendUnavailable):
+    """Raised by a batch call when some entries failed and the others were applied.
+
+    ``failed`` maps the failed entries' indices to the service's error code; ``done`` maps the
+    applied entries' indices to their result (a message id for sends, else ``""``). Retrying the
+    failed entries alone is safe.
+    """
+
+    def __init__(self, message: str, failed: dict[int, str], done: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.done = done or {}
