@@ -5,32 +5,31 @@ per submitted batch instead of a status record per job.
 A submit generates its jobs' ids as ``<batch-id>-<n>`` and writes one manifest,
 ``batches/<batch-id>``, saying how many jobs it holds, so ``status()`` can tell a pending job
 from an id that was never submitted without a record of its own. A job whose caller chose its
-key (and every ``trigger()``) gets its own ``queued`` record instead, created once, so a job id
-runs once either way.
+key (and every ``trigger()``) gets its own ``queued`` record instead, created once *before*
+anything else is written, so a second submit of the same key is refused having written nothing.
+
+When sending fails, only what is known not to have been sent is undone: entries a batch call
+refused, and batches never sent. A batch whose reply was lost may have been sent; its jobs are
+left runnable (their inputs, records and manifest entries stay) and the error says so.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import keys
+from . import keys, records
 from .backends.base import OutgoingMessage
-from .bodies import BodyLike, Entry, parse_entry
+from .bodies import BodyLike, Entry, Prepared, open_body, parse_entry
+from .context import Context
 from .envelope import Envelope, encode
-from .errors import NotFound, RemoteJobError
+from .errors import BatchPartlyFailed, NotFound, RemoteJobError, UncertainResult
 from .limits import MAX_MESSAGE_BYTES
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-    from .queue import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -47,60 +46,81 @@ _INLINE_BODY_MAX = INLINE_ENVELOPE_MAX * 3 // 4  # base64 makes 4 characters of 
 @dataclass
 class _Job:
     id: str
-    message: str
+    message: str = ""
     stored: bool = False
-    """This submit wrote the job's input under ``in/`` (removed again if sending fails)."""
-    batched: bool = False
-    """The id is one of the batch's generated ids: the manifest, not a record, stands for it."""
+    """This submit wrote the job's input under ``in/`` (removed again if it is not sent)."""
+    recorded: bool = False
+    """This submit created the job's ``queued`` record (removed again if it is not sent)."""
+    index: int | None = None
+    """The job's index among the batch's generated ids (the manifest stands for it)."""
 
 
-def submit_many(queue: Queue, items: Iterable[Mapping[str, Any]], status: str) -> list[str]:
-    """Store (or inline) every item's input, then trigger them all; see ``Queue.submit_many``."""
-    name = queue._status_queue(status)
+def store(ctx: Context, direction: str, entry: Entry) -> tuple[str, Prepared]:
+    """Store an entry; return its key and the body as stored (its ``sha256`` costs a second read
+    of a file, so only callers that record it ask for it)."""
+    key = entry.key or keys.new_key()
+    with open_body(entry.body) as prepared:
+        ctx.store.put(keys.object_key(direction, key), prepared.body, entry.metadata, entry.content_type)
+    return key, prepared
+
+
+def submit_many(ctx: Context, items: Iterable[Mapping[str, Any]], status: str) -> list[str]:
+    """Store (or inline) every item's input, then send them all; see ``Queue.submit_many``."""
+    name = ctx.status_queue(status)
     entries = [parse_entry(item) for item in items]
     now = time.time()
     batch_id = keys.new_key()
     jobs: list[_Job] = []
+    generated = 0
     try:
         for entry in entries:
-            jobs.append(_prepare(queue, entry, status, now, batch_id, sum(j.batched for j in jobs)))
+            job = _Job(entry.key or keys.batch_job_id(batch_id, generated))
+            jobs.append(job)
+            if entry.key is None:
+                job.index = generated
+                generated += 1
+            _prepare(ctx, entry, job, status, now)
     except BaseException:
-        _undo(queue, jobs)
+        _undo(ctx, jobs)
         raise
-    return _send(queue, name, status, now, jobs, batch_id)
+    return _send(ctx, name, status, now, jobs, batch_id)
 
 
-def trigger_many(queue: Queue, job_keys: Iterable[str], status: str) -> list[str]:
+def trigger_many(ctx: Context, job_keys: Iterable[str], status: str) -> list[str]:
     """Trigger stored inputs in batches; see ``Queue.trigger_many``."""
-    name = queue._status_queue(status)
+    name = ctx.status_queue(status)
     now = time.time()
-    jobs = []
-    for key in job_keys:
-        try:
-            info = queue.object_store.head(keys.input_key(key))
-        except NotFound:
-            raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
-        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata)
-        jobs.append(_Job(key, queue._seal(encode(envelope))))
-    return _send(queue, name, status, now, jobs, None)
+    jobs: list[_Job] = []
+    try:
+        for key in job_keys:
+            try:
+                info = ctx.store.head(keys.input_key(key))
+            except NotFound:
+                raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
+            records.create_queued(ctx.store, key, status, now)
+            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata)
+            jobs.append(_Job(key, ctx.seal(encode(envelope)), recorded=True))
+    except BaseException:
+        _undo(ctx, jobs)
+        raise
+    return _send(ctx, name, status, now, jobs, None)
 
 
-def _prepare(queue: Queue, entry: Entry, status: str, now: float, batch_id: str, index: int) -> _Job:
-    if entry.key is not None:  # the caller named it: stored under that key, with its own record
-        key, stored = queue._store("in", entry)
-        envelope = Envelope(job=key, key=key, status=status, sent=now, meta=entry.metadata,
-                            sha256=stored.sha256)
-        return _Job(key, queue._seal(encode(envelope)))
-    job_id = keys.batch_job_id(batch_id, index)
-    envelope = Envelope(job=job_id, key=job_id, status=status, sent=now, meta=entry.metadata)
-    data = _small_body(entry.body)
-    if data is not None:
-        message = queue._seal(encode(replace(envelope, body=base64.b64encode(data).decode("ascii"))))
-        if len(message.encode("utf-8")) <= INLINE_ENVELOPE_MAX:
-            return _Job(job_id, message, batched=True)
-    _, stored = queue._store("in", replace(entry, key=job_id))
-    return _Job(job_id, queue._seal(encode(replace(envelope, sha256=stored.sha256))), stored=True,
-                batched=True)
+def _prepare(ctx: Context, entry: Entry, job: _Job, status: str, now: float) -> None:
+    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata)
+    if job.index is None:  # the caller named it: refused before anything is written if taken
+        records.create_queued(ctx.store, job.id, status, now)
+        job.recorded = True
+    else:
+        data = _small_body(entry.body)
+        if data is not None:
+            message = ctx.seal(encode(replace(envelope, body=base64.b64encode(data).decode("ascii"))))
+            if len(message.encode("utf-8")) <= INLINE_ENVELOPE_MAX:
+                job.message = message
+                return
+    _, stored = store(ctx, "in", replace(entry, key=job.id))
+    job.stored = True
+    job.message = ctx.seal(encode(replace(envelope, sha256=stored.sha256)))
 
 
 def _small_body(body: BodyLike) -> bytes | None:
@@ -115,73 +135,93 @@ def _small_body(body: BodyLike) -> bytes | None:
     return None
 
 
-def _send(
-    queue: Queue, name: str, status: str, now: float, jobs: list[_Job], batch_id: str | None
-) -> list[str]:
-    generated = sum(job.batched for job in jobs)
-    recorded: list[tuple[str, str]] = []
-    sent = 0
-    try:
-        if generated and batch_id is not None:
-            _write_manifest(queue, batch_id, generated, status, now, if_absent=True)
-        for job in jobs:
-            if not job.batched:
-                recorded.append((job.id, queue._create_queued(job.id, status, now)))
-        while sent < len(jobs):
-            batch: list[OutgoingMessage] = []
+def _batches(jobs: list[_Job]) -> list[list[int]]:
+    """Indices of ``jobs`` in send batches: ten entries and 256 KiB at most each."""
+    batches: list[list[int]] = []
+    size = 0
+    for i, job in enumerate(jobs):
+        length = len(job.message.encode("utf-8"))
+        if not batches or len(batches[-1]) >= BATCH or size + length > MAX_MESSAGE_BYTES:
+            batches.append([])
             size = 0
-            for job in jobs[sent:sent + BATCH]:
-                length = len(job.message.encode("utf-8"))
-                if batch and size + length > MAX_MESSAGE_BYTES:
-                    break
-                batch.append(OutgoingMessage(job.message))
-                size += length
-            queue.message_queue.send_batch(name, batch)
-            sent += len(batch)
-    except BaseException:
-        if sent:
-            logger.warning("%d of %d jobs were submitted before the failure", sent, len(jobs))
-        _forget(queue, jobs, sent, recorded, batch_id, status, now)
-        raise
-    return [job.id for job in jobs]
+        batches[-1].append(i)
+        size += length
+    return batches
+
+
+def _send(
+    ctx: Context, name: str, status: str, now: float, jobs: list[_Job], batch_id: str | None
+) -> list[str]:
+    generated = [job.index for job in jobs if job.index is not None]
+    if generated and batch_id is not None:
+        try:
+            records.write_manifest(ctx.store, batch_id, len(generated), status, now, if_absent=True)
+        except BaseException:
+            _undo(ctx, jobs)
+            raise
+    sent: dict[int, str] = {}
+    failed: dict[int, str] = {}
+    uncertain: dict[int, str] = {}
+    error: BaseException | None = None
+    for batch in _batches(jobs):
+        if error is not None:
+            failed.update({i: "not sent" for i in batch})
+            continue
+        try:
+            ctx.queues.send_batch(name, [OutgoingMessage(jobs[i].message) for i in batch])
+            sent.update({i: jobs[i].id for i in batch})
+        except BatchPartlyFailed as exc:
+            error = exc
+            for n, i in enumerate(batch):
+                if n in exc.failed:
+                    failed[i] = exc.failed[n]
+                else:
+                    sent[i] = jobs[i].id
+        except UncertainResult as exc:
+            error = exc
+            uncertain.update({i: jobs[i].id for i in batch})
+        except BaseException as exc:  # noqa: BLE001 - refused or unreachable: nothing of it was sent
+            error = exc
+            failed.update({i: type(exc).__name__ for i in batch})
+    if error is None:
+        return [job.id for job in jobs]
+    _forget(ctx, jobs, failed, batch_id, status, now)
+    if not sent and not uncertain:
+        raise error
+    raise BatchPartlyFailed(
+        f"{len(sent)} of {len(jobs)} jobs were submitted, {len(failed)} were not (and were removed "
+        f"again), {len(uncertain)} may have been (their reply was lost: they stay runnable; check "
+        f"them with status()): {error}",
+        failed=failed, done=sent, uncertain=uncertain,
+    ) from error
 
 
 def _forget(
-    queue: Queue, jobs: list[_Job], sent: int, recorded: list[tuple[str, str]], batch_id: str | None,
-    status: str,
-    now: float,
+    ctx: Context, jobs: list[_Job], failed: Mapping[int, str], batch_id: str | None, status: str, now: float
 ) -> None:
-    """After a failed send, make the jobs not sent look never submitted (best effort)."""
-    unsent = jobs[sent:]
+    """Make the jobs known not to be sent look never submitted (best effort)."""
+    unsent = [jobs[i] for i in sorted(failed)]
     try:
-        done = {job.id for job in jobs[:sent]}
-        for job_id, record_key in recorded:
-            if job_id not in done:
-                queue.object_store.delete(record_key)
-        if batch_id is not None and any(job.batched for job in unsent):
-            kept = sum(job.batched for job in jobs[:sent])
-            if kept:
-                _write_manifest(queue, batch_id, kept, status, now, if_absent=False)
+        missing = [job.index for job in unsent if job.index is not None]
+        count = sum(job.index is not None for job in jobs)
+        if batch_id is not None and missing:
+            if len(missing) == count:
+                records.delete_manifest(ctx.store, batch_id)
             else:
-                queue.object_store.delete(keys.batch_key(batch_id))
+                records.write_manifest(ctx.store, batch_id, count, status, now, if_absent=False,
+                                       missing=missing)
     except RemoteJobError as exc:
-        logger.warning("could not clear the records of the jobs that were not sent: %s", exc)
-    _undo(queue, unsent)
+        logger.warning("could not update the manifest of the jobs that were not sent: %s", exc)
+    _undo(ctx, unsent)
 
 
-def _write_manifest(
-    queue: Queue, batch_id: str, count: int, status: str, now: float, *, if_absent: bool
-) -> None:
-    doc = {"v": 1, "batch": batch_id, "jobs": count, "state": "pending", "status": status,
-           "created": now, "updated": now}
-    queue.object_store.put(
-        keys.batch_key(batch_id), json.dumps(doc, separators=(",", ":")).encode(),
-        content_type="application/json", if_absent=if_absent,
-    )
-
-
-def _undo(queue: Queue, jobs: list[_Job]) -> None:
-    """Remove the inputs these jobs' submission stored."""
+def _undo(ctx: Context, jobs: list[_Job]) -> None:
+    """Remove the inputs and records these jobs' submission wrote."""
     for job in jobs:
-        if job.stored:
-            queue.object_store.delete(keys.input_key(job.id))
+        try:
+            if job.stored:
+                ctx.store.delete(keys.input_key(job.id))
+            if job.recorded:
+                records.forget_queued(ctx.store, job.id)
+        except RemoteJobError as exc:
+            logger.warning("could not remove what job %s's submission wrote: %s", job.id, exc)

@@ -1,28 +1,28 @@
 """The dead-letter queue ``<name>-dead``: listing what is there and sending it back.
 
 Messages get there three ways: a worker moves a job after its last failed attempt (the job is
-recorded ``failed``), a worker moves a message it cannot decode, and the queue's redrive policy
-moves a message received ``max_attempts`` times without an outcome (a job that keeps killing
-its worker). The first two are wrapped with their reason (see ``envelope.wrap_dead``).
+recorded ``failed``), a worker moves a message it refuses (undecodable, unsigned...), and the
+queue's redrive policy moves a message received ``max_attempts`` times without an outcome (a job
+that keeps killing its worker). The first two are wrapped with their reason (see
+``envelope.wrap_dead``); the third is settled by whoever sees it first — an idle worker, a
+listing, a redrive — which records the job failed and wraps it the same way
+(``lifecycle.settle_dead_letter``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-from . import completion, keys
+from . import keys, lifecycle, records
 from .backends.base import Message
+from .context import Context
 from .envelope import DeadLetter, unwrap_dead
-from .errors import EnvelopeError
+from .errors import EnvelopeError, RemoteJobError
 from .signing import REASONS
 
 REFUSED = (*REASONS, "notice-without-outcome")
 """Reasons a message was refused on arrival; such dead letters are never redriven."""
-
-if TYPE_CHECKING:
-    from .queue import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -32,68 +32,91 @@ POLL_S = 1
 """Long-poll wait per receive: a short poll may miss messages on SQS."""
 
 
-def _drain(queue: Queue, limit: int | None) -> Iterator[Message]:
-    """Receive every dead letter once (each stays invisible for HOLD_S), up to ``limit``."""
-    queue._ensure_queues()
-    name = keys.dead_letter_name(queue.name)
-    taken = 0
-    while limit is None or taken < limit:
-        batch = min(10, limit - taken) if limit is not None else 10
-        messages = queue.message_queue.receive(name, batch, POLL_S, HOLD_S)
+def _drain(ctx: Context, limit: int | None) -> Iterator[Message]:
+    """Receive every dead letter once, up to ``limit``: a snapshot by message id that ends at the
+    first message seen twice (a listing longer than HOLD_S sees its first messages again)."""
+    ctx.ensure_queues()
+    seen: set[str] = set()
+    while limit is None or len(seen) < limit:
+        batch = min(10, limit - len(seen)) if limit is not None else 10
+        messages = ctx.queues.receive(ctx.dead_letters, batch, POLL_S, HOLD_S)
         if not messages:
             return
         for message in messages:
-            taken += 1
+            if message.message_id in seen:
+                _release(ctx, [message])
+                return
+            seen.add(message.message_id)
             yield message
 
 
-def _release(queue: Queue, messages: list[Message]) -> None:
-    name = keys.dead_letter_name(queue.name)
+def _release(ctx: Context, messages: list[Message]) -> None:
+    for start in range(0, len(messages), 10):
+        try:
+            ctx.queues.change_visibility_batch(
+                ctx.dead_letters, [(m.receipt, 0) for m in messages[start:start + 10]]
+            )
+        except RemoteJobError as exc:
+            logger.warning("could not make listed dead letters visible again: %s", exc)
+
+
+def _settled(ctx: Context, messages: Iterator[Message]) -> Iterator[Message]:
+    """The dead letters, with jobs the queue moved by itself settled first (recorded failed and
+    re-sent wrapped: such a message is replaced, so it is not yielded; its wrapped copy is
+    listed next time)."""
     for message in messages:
-        queue.message_queue.change_visibility(name, message.receipt, 0)
+        if not lifecycle.settle_dead_letter(ctx, message):
+            yield message
 
 
-def list_dead(queue: Queue, limit: int | None = None) -> list[DeadLetter]:
+def list_dead(ctx: Context, limit: int | None = None) -> list[DeadLetter]:
     """Every message in the dead-letter queue (up to ``limit``), left in place."""
-    messages = list(_drain(queue, limit))
-    _release(queue, messages)
+    messages = list(_settled(ctx, _drain(ctx, limit)))
+    _release(ctx, messages)
     return [unwrap_dead(m.body, m.message_id, m.receive_count) for m in messages]
 
 
-def redrive(queue: Queue, limit: int | None = None) -> int:
+def sweep(ctx: Context) -> int:
+    """One look at up to ten dead letters (no wait), settling jobs the queue moved there by
+    itself; return how many were settled. Idle workers call this now and then."""
+    ctx.ensure_queues()
+    messages = ctx.queues.receive(ctx.dead_letters, 10, 0, HOLD_S)
+    kept = list(_settled(ctx, iter(messages)))
+    _release(ctx, kept)
+    return len(messages) - len(kept)
+
+
+def redrive(ctx: Context, limit: int | None = None) -> int:
     """Send dead-lettered jobs back to the status queues they came from; return how many.
 
-    A job recorded ``failed`` is reopened (its final record is removed) so it can run again.
-    Messages that are not jobs of a configured status, and jobs already completed, stay.
+    A job recorded ``failed`` is reopened (its final and progress records are removed) so it can
+    run again. Messages that are not jobs of a configured status, jobs already completed, and a
+    second dead letter of a job already sent back by this redrive, stay.
     """
     kept: list[Message] = []
-    moved = 0
-    dead_name = keys.dead_letter_name(queue.name)
-    for message in _drain(queue, limit):
+    moved: set[str] = set()
+    for message in _settled(ctx, _drain(ctx, limit)):
         letter = unwrap_dead(message.body)
-        if letter.job is None or letter.status not in queue.statuses:
+        if letter.job is None or letter.status not in ctx.statuses or letter.job in moved:
             kept.append(message)
             continue
         if letter.reason.partition(":")[0] in REFUSED:
             kept.append(message)  # refused on arrival: a redrive must not launder it
             continue
-        if queue.signing is not None:  # nor sign afresh what no configured key signed
+        if ctx.signing is not None:  # nor sign afresh what no configured key signed
             try:
-                queue.signing.verify(letter.body, check_age=False)
+                ctx.signing.verify(letter.body, check_age=False)
             except EnvelopeError as exc:
                 logger.warning("not redriving job %s: %s", letter.job, exc)
                 kept.append(message)
                 continue
-        final = keys.record_key(letter.job, "final")
-        record = completion.read_record(queue.object_store, final)
+        record = records.read(ctx.store, keys.record_key(letter.job, "final"))
         if record is not None and record.get("state") == "completed":
             logger.info("not redriving job %s: it completed", letter.job)
             kept.append(message)
             continue
-        if record is not None:
-            queue.object_store.delete(final)
-        queue._requeue(letter.job, letter.status or "", letter.body)
-        queue.message_queue.delete(dead_name, message.receipt)
-        moved += 1
-    _release(queue, kept)
-    return moved
+        lifecycle.reopen(ctx, letter.job, letter.status or "", letter.body)
+        ctx.queues.delete(ctx.dead_letters, message.receipt)
+        moved.add(letter.job)
+    _release(ctx, kept)
+    return len(moved)

@@ -29,7 +29,8 @@ KINDS = ("job", "notice")
 _STATES = ("completed", "failed")
 _FIELDS = frozenset({
     "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
-    "sha256", "at", "kid", "sig",  # the last three: the signature (see signing.py)
+    "sha256", "after", "partial",
+    "at", "kid", "sig",  # the signature (see signing.py)
 })
 _OUTPUT_FIELDS = {"size": int, "sha256": str, "content_type": str, "stage": str}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -55,6 +56,11 @@ class Envelope:
     """The input body itself, base64, when it travels inline (see ``batch.py``)."""
     sha256: str | None = None
     """SHA-256 hex of a stored input, checked as the worker reads it."""
+    after: str | None = None
+    """For a pipeline stage's job: the status of the stage that handed it on."""
+    partial: bool = False
+    """``outputs`` lists only part of the outputs (they would not fit in a message): the full
+    list is in the record of the stage named by ``after`` (a job), or the final record (a notice)."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -84,7 +90,20 @@ def encode(envelope: Envelope) -> str:
         doc["body"] = envelope.body
     if envelope.sha256 is not None:
         doc["sha256"] = envelope.sha256
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if envelope.after is not None:
+        doc["after"] = envelope.after
+    if envelope.partial:
+        doc["partial"] = True
+    return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+
+
+_SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_safe(text: str) -> str:
+    """JSON text with every character SQS refuses in a message (lone surrogates, U+FFFE...)
+    written as a ``\\uXXXX`` escape, which decodes back to the same string."""
+    return _SQS_REFUSES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -151,6 +170,11 @@ def decode(body: str) -> Envelope:
     digest = doc.get("sha256")
     if digest is not None and (not isinstance(digest, str) or not _SHA256.fullmatch(digest)):
         raise EnvelopeError("field 'sha256' must be 64 lower-case hex digits")
+    after, partial = doc.get("after"), doc.get("partial", False)
+    if after is not None and (not isinstance(after, str) or not after):
+        raise EnvelopeError("field 'after' must be a non-empty string")
+    if not isinstance(partial, bool):
+        raise EnvelopeError("field 'partial' must be true or false")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -182,6 +206,8 @@ def decode(body: str) -> Envelope:
         outputs=outputs,
         body=inline,
         sha256=digest,
+        after=after,
+        partial=partial,
     )
 
 
@@ -209,12 +235,12 @@ def wrap_dead(body: str, source: str, reason: str) -> str:
     A body too large to wrap keeps its first part, flagged ``"truncated"``.
     """
     doc: dict[str, Any] = {"v": VERSION, "kind": "dead", "source": source, "reason": reason[:1000]}
-    text = json.dumps({**doc, "body": body}, ensure_ascii=False, separators=(",", ":"))
+    text = sqs_safe(json.dumps({**doc, "body": body}, ensure_ascii=False, separators=(",", ":")))
     if len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES:
         return text
     room = MAX_MESSAGE_BYTES - 8192  # the wrapper and the reason
     doc["body"], doc["truncated"] = body[: room // 12], True  # JSON escaping is at most 6 bytes a char
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
 
 
 def unwrap_dead(text: str, message_id: str = "", receive_count: int = 0) -> DeadLetter:

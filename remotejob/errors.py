@@ -11,6 +11,7 @@ keep working::
     ├── MetadataError                     metadata that is not text or too large (also ValueError)
     ├── PayloadTooLarge                   a message or batch over the queue's limit (also ValueError)
     ├── InvalidReceipt                    a receipt handle that was never issued (also ValueError)
+    ├── VisibilityLimit                   a delivery held past SQS's 12 h from receipt (also ValueError)
     ├── NotFound                          an object or job that does not exist (also LookupError)
     ├── AlreadyExists                     a create-once write lost to an earlier one
     ├── EnvelopeError                     a queue message that is not a remotejob job
@@ -53,6 +54,11 @@ class PayloadTooLarge(RemoteJobError, ValueError):
 
 class InvalidReceipt(RemoteJobError, ValueError):
     """Raised for a receipt handle the queue never issued; not retryable."""
+
+
+class VisibilityLimit(RemoteJobError, ValueError):
+    """Raised when a delivery's visibility would end more than 12 hours after it was received
+    (SQS's cap); it cannot be extended further, so let it finish or come back."""
 
 
 class NotFound(RemoteJobError, LookupError):
@@ -101,11 +107,20 @@ class BatchPartlyFailed(BackendUnavailable):
     """Raised by a batch call when some entries failed and the others were applied.
 
     ``failed`` maps the failed entries' indices to the service's error code; ``done`` maps the
-    applied entries' indices to their result (a message id for sends, else ``""``). Retrying the
+    applied entries' indices to their result (a message id for sends, a job id for
+    ``submit_many``, else ``""``); ``uncertain`` maps entries whose request's reply was lost (they
+    may have been applied; ``submit_many`` leaves such jobs runnable) to their result. Retrying the
     failed entries alone is safe.
     """
 
-    def __init__(self, message: str, failed: dict[int, str], done: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        failed: dict[int, str],
+        done: dict[int, str] | None = None,
+        uncertain: dict[int, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.failed = failed
         self.done = done or {}
+        self.uncertain = uncertain or {}

@@ -1,9 +1,6 @@
-"""A job as a worker holds it: its input, its delivery, and how its outcome is recorded.
-
-Completing a job follows ``completion.py`` (stage, claim, publish), then delivers the outcome's
-consequences (the completion notice, the next pipeline stage, the dead-letter queue) and only
-then deletes the message, so a crash at any point leaves a message that a later delivery can
-finish from the record, without running the handler again.
+"""A job as a handler or ``Queue.next()`` caller holds it: its input, its delivery, and the user
+API to record its outcome. How an outcome is recorded (stage, claim, publish, notice, hand-on,
+acknowledge) is ``lifecycle.py``'s; a :class:`Job` is the user's handle on one delivery.
 """
 
 from __future__ import annotations
@@ -11,23 +8,14 @@ from __future__ import annotations
 import io
 import logging
 import os
-import threading
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from . import completion, keys
-from .backends.base import Message
+from . import keys, lifecycle
 from .bodies import Entry, copy_to_file, parse_entry, verified
-from .envelope import Envelope, wrap_dead
-from .errors import AlreadyExists, InvalidReceipt, NotFound
-from .outbox import Finished, Outbox
-from .status import JobStatus, decode_status, error_text, worker_id
-
-if TYPE_CHECKING:
-    from .queue import Queue
+from .lifecycle import Delivery
+from .status import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +37,9 @@ class Job:
         error: for a notice of a failed job, its error.
     """
 
-    def __init__(
-        self, queue: Queue, envelope: Envelope, message: Message, outbox: Outbox | None = None
-    ) -> None:
-        self.queue = queue
+    def __init__(self, delivery: Delivery) -> None:
+        envelope, message = delivery.envelope, delivery.message
+        self.delivery = delivery
         self.id = envelope.job
         self.key = envelope.key
         self.metadata = dict(envelope.meta)
@@ -63,15 +50,7 @@ class Job:
         self.receive_count = message.receive_count
         self.state = envelope.state
         self.error = envelope.error
-        self.attempt_id = uuid.uuid4().hex
-        self.started = time.time()
-        self._envelope = envelope
-        self._body = message.body
-        self._acknowledged = False
-        self._outbox = outbox
-        self._finished = False
-        self._lock = threading.Lock()
-        self.progress_recorded = False
+        self.attempt_id = delivery.attempt_id
         self.running = False
         """Set when a worker's handler starts on it (it may first wait, prefetched)."""
         self.lease_lost = False
@@ -81,42 +60,54 @@ class Job:
         return f"Job(id={self.id!r}, status={self.status!r}, receive_count={self.receive_count})"
 
     @property
+    def started(self) -> float:
+        """When this delivery's attempt started, seconds since the epoch."""
+        return self.delivery.started
+
+    @property
     def input_key(self) -> str | None:
         """The store key of this stage's input: ``in/<key>``, or the previous stage's output;
         None when the input travels inline in the message."""
-        if self._envelope.body is not None:
+        envelope = self.delivery.envelope
+        if envelope.body is not None:
             return None
-        return self._envelope.input or keys.input_key(self.key)
+        return envelope.input or keys.input_key(self.key)
 
     @property
     def finished(self) -> bool:
         """True once this delivery's outcome was recorded (or found recorded by another)."""
-        return self._finished
+        return self.delivery.finished
 
     def open(self) -> BinaryIO:
         """Open the job's input body as a binary stream (close it when done).
 
+        With a recorded SHA-256 (inputs from ``submit()`` and earlier pipeline stages), reading
+        to the end checks it: a damaged body raises ``IntegrityError`` on the read that reaches
+        its end, before end-of-file is returned, so a handler never finishes on bad bytes.
+
         Raises:
             NotFound: the input was removed.
         """
-        inline = self._envelope.inline_body()
+        envelope = self.delivery.envelope
+        inline = envelope.inline_body()
         if inline is not None:
             return io.BytesIO(inline)
-        key = self._envelope.input or keys.input_key(self.key)
-        return verified(self.queue.object_store.get(key).open(), self._input_sha256(), f"input {key!r}")
+        key = envelope.input or keys.input_key(self.key)
+        store = self.delivery.ctx.store
+        return verified(store.get(key).open(), self._input_sha256(), f"input {key!r}")
 
     def _input_sha256(self) -> str | None:
-        """The SHA-256 recorded for this stage's stored input: by submit() in the message, or
-        in the earlier stage's record for its output."""
-        source = self._envelope.input
+        envelope = self.delivery.envelope
+        source = envelope.input
         if source is None:
-            return self._envelope.sha256
+            return envelope.sha256
         asset = source.removeprefix(keys.output_prefix(self.id))
-        digest = self._envelope.outputs.get(asset, {}).get("sha256")
+        digest = envelope.outputs.get(asset, {}).get("sha256")
         return digest if isinstance(digest, str) else None
 
     def download(self, path: str | os.PathLike[str]) -> Path:
-        """Stream the job's input body into ``path`` (written atomically) and return the path."""
+        """Stream the job's input body into ``path`` (written atomically: nothing is left there
+        if reading fails or the bytes do not match) and return the path."""
         with self.open() as stream:
             copy_to_file(stream, path)
         return Path(path)
@@ -126,18 +117,17 @@ class Job:
 
         After this the job is never redelivered, even if this process dies before completing.
         """
-        self.queue._remove_job(self.status, self.receipt)
-        self._acknowledged = True
+        lifecycle.acknowledge(self.delivery)
 
     def extend(self, seconds: int) -> None:
         """Keep this delivery invisible for ``seconds`` more from now (0 makes it visible).
 
         Raises:
             InvalidReceipt: the delivery is gone (deleted, or received again elsewhere).
+            VisibilityLimit: SQS keeps a delivery at most 12 hours from its receipt.
         """
-        self.queue.message_queue.change_visibility(
-            keys.queue_name(self.queue.name, self.status), self.receipt, seconds
-        )
+        d = self.delivery
+        d.ctx.queues.change_visibility(d.queue, d.message.receipt, seconds)
 
     def complete(
         self,
@@ -169,135 +159,21 @@ class Job:
         """
         if self.state is not None:
             raise ValueError("this is a completion notice: call acknowledge() to consume it")
-        if self._finished:
+        if self.delivery.finished:
             raise ValueError(f"job {self.id!r} was already completed by this delivery")
         entries = _check_assets(self.id, assets or ())
         names = [str(e.key) for e in entries]
         if len(set(names)) != len(names):
             raise ValueError(f"asset names must be unique, got {names}")
-        if clash := sorted(set(names) & set(self._envelope.outputs)):
+        if clash := sorted(set(names) & set(self.delivery.envelope.outputs)):
             raise ValueError(f"assets {clash} were published by an earlier stage: name them otherwise")
         handed: str | None = None
         if next_status is not None:
             if error is not None:
                 raise ValueError("a failed job cannot be handed on: drop next_status or error")
-            self.queue._status_queue(next_status)
+            self.delivery.ctx.status_queue(next_status)
             handed = _handed_asset(names, next_input)
-        return self._finish(error, entries, next_status, handed)
-
-    def _finish(
-        self,
-        error: BaseException | str | None,
-        entries: Sequence[Entry],
-        next_status: str | None = None,
-        handed: str | None = None,
-        dead_reason: str | None = None,
-    ) -> JobStatus:
-        store = self.queue.object_store
-        outputs = completion.stage(store, self.id, self.attempt_id, entries)
-        for doc in outputs.values():
-            doc["stage"] = self.status
-        now = time.time()
-        record: dict[str, Any] = {
-            "job": self.id,
-            "state": "failed" if error is not None else "completed",
-            "status": self.status,
-            "created": self.created,
-            "updated": now,
-            "started": self.started,
-            "error": None if error is None else error_text(error),
-            "outputs": {**self._envelope.outputs, **outputs},
-            "worker": worker_id(),
-            "attempt": self.receive_count,
-            "attempt_id": self.attempt_id,
-        }
-        if next_status is not None:
-            record.update(state="handed", next=next_status, input=_next_input(self, handed))
-        if dead_reason is not None:
-            record["dead"] = dead_reason
-        record["published"] = not outputs
-        key = self._claim_key(next_status)
-        winner = completion.claim(store, key, record)
-        with self._lock:
-            self._finished = True
-        if winner is not None:
-            completion.discard(store, self.id, self.attempt_id, outputs)
-            wrote = completion.publish(store, self.id, key, winner, check=True)
-            self._deliver(winner, notify=wrote, stale_ok=True)
-            raise AlreadyExists(
-                f"job {self.id!r} was already finished by another attempt "
-                f"({winner.get('state')}); its record stands"
-            )
-        completion.publish(store, self.id, key, record, check=False, sweep=self.receive_count > 1)
-        self._deliver(record, notify=True, stale_ok=False)
-        if next_status is not None:
-            return JobStatus(self.id, "pending", next_status, self.created, now)
-        return decode_status(self.id, completion.encode_record({**record, "published": True}))
-
-    def _claim_key(self, next_status: str | None) -> str:
-        if next_status is not None:
-            return keys.handoff_key(self.id, self.status)
-        return keys.record_key(self.id, "final")
-
-    def record_progress(self) -> None:
-        """Write the job's ``inprogress`` record (once, and never after its outcome)."""
-        with self._lock:
-            if not self._finished and not self.progress_recorded:
-                self.queue._record_progress(self)
-
-    def finish_if_done(self) -> bool:
-        """If this stage's outcome is recorded already, finish what its winner may have left
-        undone (publishing, notice, next stage), drop this delivery and return True.
-        """
-        store = self.queue.object_store
-        key = keys.record_key(self.id, "final")
-        record = completion.read_record(store, key)
-        if record is None:
-            key = keys.handoff_key(self.id, self.status)
-            record = completion.read_record(store, key)
-        if record is None:
-            return False
-        self._finished = True
-        if record.get("status") != self.status:  # a later stage finished the whole job
-            self._drop(stale_ok=True)
-            return True
-        completion.publish(store, self.id, key, record, check=True, sweep=True)
-        # The message came back, so the winner died before deleting it, maybe before notifying.
-        self._deliver(record, notify=True, stale_ok=True)
-        return True
-
-    def _deliver(self, record: Mapping[str, Any], *, notify: bool, stale_ok: bool) -> None:
-        queue = self.queue
-        next_status = record.get("next")
-        if next_status is not None:
-            queue._hand_on(self._envelope, str(next_status), record)
-            if self.progress_recorded:
-                queue.object_store.delete(keys.record_key(self.id, "progress"))
-        notice = None
-        if next_status is None and notify:
-            notice = queue._notice(self, str(record["state"]), record.get("error"), record.get("outputs"))
-        if record.get("dead"):
-            dead = keys.dead_letter_name(queue.name)
-            queue.message_queue.send(dead, wrap_dead(self._body, self.status, str(record["dead"])))
-        if self._outbox is not None and not self._acknowledged:
-            # The worker's outbox sends the notice, then deletes the delivery, ten jobs a request.
-            source = keys.queue_name(queue.name, self.status)
-            self._outbox.put(Finished(source, self.receipt, *(notice or ())))
-            self._acknowledged = True
-            return
-        if notice is not None:
-            queue.message_queue.send(*notice)
-        self._drop(stale_ok=stale_ok)
-
-    def _drop(self, *, stale_ok: bool) -> None:
-        if self._acknowledged:
-            return
-        try:
-            self.acknowledge()
-        except (InvalidReceipt, NotFound):
-            if not stale_ok:
-                raise
-            logger.info("job %s: this delivery was already gone", self.id)
+        return lifecycle.finish(self.delivery, error, entries, next_status, handed)
 
     def release(self, delay_s: int = 0) -> None:
         """Give the delivery back: visible again after ``delay_s`` seconds (0: at once).
@@ -305,10 +181,7 @@ class Job:
         A worker retries a failed attempt this way, so the message's receive count goes on
         counting towards the dead-letter queue.
         """
-        try:
-            self.extend(delay_s)
-        except (InvalidReceipt, NotFound):
-            logger.info("job %s: the delivery was already gone when released", self.id)
+        lifecycle.release(self.delivery, delay_s)
 
 
 def _check_assets(job_id: str, assets: Sequence[Mapping[str, Any]]) -> list[Entry]:
@@ -336,37 +209,3 @@ def _handed_asset(names: Sequence[str], next_input: str | None) -> str | None:
     if len(names) == 1:
         return names[0]
     raise ValueError(f"several assets {list(names)}: name the one to hand on with next_input=")
-
-
-def _next_input(job: Job, handed: str | None) -> str | None:
-    """The next stage's input key; None: this stage's own input (inline or ``in/<key>``)."""
-    return job._envelope.input if handed is None else keys.output_key(job.id, handed)
-
-
-def progress_record(job: Job) -> bytes:
-    """The ``progress`` record of a running job."""
-    return completion.encode_record({
-        "job": job.id,
-        "state": "inprogress",
-        "status": job.status,
-        "created": job.created,
-        "updated": time.time(),
-        "started": job.started,
-        "worker": worker_id(),
-        "attempt": job.receive_count,
-    })
-
-
-def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> Envelope:
-    """The envelope that hands a job on to ``status`` after the stage that wrote ``record``."""
-    source = record.get("input")
-    return Envelope(
-        job=envelope.job,
-        key=envelope.key,
-        status=status,
-        sent=float(record["created"]),
-        meta=envelope.meta,
-        input=None if source is None else str(source),
-        outputs=completion.public_outputs(record.get("outputs") or {}),
-        body=envelope.body if source is None else None,
-    )

@@ -4,11 +4,13 @@ One job system keeps everything in one bucket/prefix (or folder)::
 
     in/<job-id>                  the job's input body, its metadata travelling with the object
     out/<job-id>/<asset>         the job's output assets
-    jobs/<job-id>/queued         the job's status records (see ``job.py``)
+    jobs/<job-id>/queued         the job's status records (see ``records.py``)
     jobs/<job-id>/progress
     jobs/<job-id>/final
     jobs/<job-id>/handoff-<status>         a pipeline stage's create-once record
-    jobs/<job-id>/attempts/<attempt>/<asset>   an attempt's staged outputs (see ``completion.py``)
+    jobs/<job-id>/start-<status>           which message runs a later pipeline stage
+    jobs/<job-id>/attempts/<status>/<attempt>/<asset>   an attempt's staged outputs (see
+                                 ``lifecycle.py``), per stage so that no stage sweeps another's
     batches/<batch-id>           one submit's manifest: its generated job ids are
                                  ``<batch-id>-<n>`` for n below its job count (see ``batch.py``)
 
@@ -89,14 +91,21 @@ def handoff_key(job_id: str, status: str) -> str:
     return validate_key(f"jobs/{job_segment(job_id)}/handoff-{status}")
 
 
-def staging_key(job_id: str, attempt_id: str, asset: str) -> str:
-    """Where one attempt stages an output asset before its claim is settled."""
-    return validate_key(f"jobs/{job_segment(job_id)}/attempts/{attempt_id}/{validate_key(asset)}")
+def start_key(job_id: str, status: str) -> str:
+    """The create-once record naming the message that runs a later pipeline stage ``status``."""
+    return validate_key(f"jobs/{job_segment(job_id)}/start-{status}")
 
 
-def staging_prefix(job_id: str, attempt_id: str) -> str:
-    """The prefix of everything one attempt staged (every attempt's, with ``attempt_id=""``)."""
-    return f"jobs/{job_segment(job_id)}/attempts/{attempt_id + '/' if attempt_id else ''}"
+def staging_key(job_id: str, status: str, attempt_id: str, asset: str) -> str:
+    """Where one attempt of the stage ``status`` stages an output asset before its claim is settled."""
+    return validate_key(
+        f"jobs/{job_segment(job_id)}/attempts/{status}/{attempt_id}/{validate_key(asset)}"
+    )
+
+
+def staging_prefix(job_id: str, status: str, attempt_id: str = "") -> str:
+    """The prefix of what one attempt of a stage staged (every attempt's, with ``attempt_id=""``)."""
+    return f"jobs/{job_segment(job_id)}/attempts/{status}/{attempt_id + '/' if attempt_id else ''}"
 
 
 def queue_name(name: str, status: str) -> str:

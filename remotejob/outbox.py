@@ -5,7 +5,8 @@ message. A worker hands both to its outbox, which sends the notices with ``SendM
 deletes the messages with ``DeleteMessageBatch``: up to ten jobs per request, flushed when ten
 are waiting or the oldest has waited ``linger_s``. A job's message is deleted only after its
 notice was sent; if the process dies first, the message comes back and the next delivery finishes
-the job from its record (``Job.finish_if_done``), so nothing is lost, only repeated.
+the job from its record (``lifecycle.finish_if_done``), so nothing is lost, only repeated. The
+sending thread survives any failure: what could not be sent is logged and comes back that way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .backends.base import MessageQueue, OutgoingMessage
-from .errors import InvalidReceipt, NotFound, RemoteJobError
+from .errors import BatchPartlyFailed, InvalidReceipt, NotFound, RemoteJobError
 from .limits import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,12 @@ class Outbox:
         self._oldest = 0.0
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="remotejob-outbox", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the sending thread."""
+        """Start the sending thread (again, after :meth:`close`)."""
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="remotejob-outbox", daemon=True)
         self._thread.start()
 
     def put(self, finished: Finished) -> None:
@@ -65,7 +68,7 @@ class Outbox:
             self._waiting.append(finished)
             if len(self._waiting) in (1, BATCH) or self._closed:  # start the linger, or send now
                 self._cond.notify()
-        if self._closed and not self._thread.is_alive():
+        if self._closed and (self._thread is None or not self._thread.is_alive()):
             self._flush(self._take())
 
     def close(self) -> None:
@@ -73,7 +76,7 @@ class Outbox:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=30)
         self._flush(self._take())
 
@@ -97,7 +100,12 @@ class Outbox:
                         self._cond.wait()
                 if self._closed:
                     return
-            self._flush(self._take())
+            taken = self._take()
+            try:
+                self._flush(taken)
+            except Exception:  # noqa: BLE001 - the outbox must outlive any one batch's trouble
+                logger.exception("could not finish %d jobs' notices and deletions (their messages come "
+                                 "back and are finished from their records)", len(taken))
 
     def _flush(self, jobs: list[Finished]) -> None:
         if not jobs:
@@ -113,7 +121,7 @@ class Outbox:
                     self.queues.delete_batch(queue, receipts[start:start + BATCH])
                 except (InvalidReceipt, NotFound) as exc:
                     logger.info("some finished jobs' deliveries were already gone: %s", exc)
-                except RemoteJobError as exc:
+                except (RemoteJobError, ValueError) as exc:
                     logger.warning("could not delete finished jobs' messages (they come back and are "
                                    "finished from their records): %s", exc)
 
@@ -128,7 +136,12 @@ class Outbox:
             for batch in _batches(noticed):
                 try:
                     self.queues.send_batch(queue, [OutgoingMessage(str(job.notice)) for job in batch])
-                except RemoteJobError as exc:
+                except BatchPartlyFailed as exc:
+                    logger.warning("could not send %d of %d completion notices to %s (their jobs come "
+                                   "back and are finished from their records): %s", len(exc.failed),
+                                   len(batch), queue, exc)
+                    unsent.update(id(batch[i]) for i in exc.failed)
+                except (RemoteJobError, ValueError) as exc:
                     logger.warning("could not send %d completion notices to %s (their jobs come back "
                                    "and are finished from their records): %s", len(batch), queue, exc)
                     unsent.update(id(job) for job in batch)

@@ -8,43 +8,34 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import batch, completion, config, dead, keys, signing
-from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
-from .bodies import Entry, Prepared, open_body, parse_entry, verified
-from .completion import encode_record, public_outputs
-from .envelope import DeadLetter, Envelope, decode, encode, wrap_dead
-from .errors import (
-    AlreadyExists,
-    ConfigError,
-    EnvelopeError,
-    JobFailed,
-    NotFound,
-    UnknownStatus,
-    WaitTimeout,
-)
-from .job import Job, next_stage, progress_record
-from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_key, validate_queue_name
+from . import batch, config, dead, keys, lifecycle, records
+from .backends.base import Message, MessageQueue, ObjectStore, StoredObject
+from .bodies import parse_entry, verified
+from .context import DEFAULT_STATUSES, Context
+from .envelope import DeadLetter, Envelope
+from .errors import JobFailed, WaitTimeout
+from .job import Job
+from .lifecycle import Delivery
+from .limits import validate_key, validate_queue_name
 from .signing import Keyring
-from .status import JobStatus, decode_manifest, decode_status
+from .status import JobStatus
 
 if TYPE_CHECKING:
     from .worker import Handler
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STATUSES = ("pending", "inprogress", "completed")
-
 
 class Queue:
     """A job system: inputs and outputs in an object store, one message queue per status.
 
-    Build one with :func:`remotejob.connect`. Safe to share between threads.
+    Build one with :func:`remotejob.connect`. Safe to share between threads. A thin façade: the
+    life of a job is ``lifecycle.py``'s, its records ``records.py``'s.
     """
 
     def __init__(
@@ -58,35 +49,66 @@ class Queue:
         max_attempts: int = 5,
         signing: Keyring | None = None,
     ) -> None:
-        self.name = validate_queue_name(name)
-        if isinstance(statuses, str) or not statuses:
-            raise ConfigError("statuses must be a non-empty sequence of names, e.g. ('pending',)")
-        self.statuses = tuple(statuses)
-        for status in self.statuses:
-            if status == keys.DEAD:
-                raise ConfigError(f"'{keys.DEAD}' is the dead-letter queue; name the status otherwise")
-            validate_queue_name(keys.queue_name(name, status))
-        validate_queue_name(keys.dead_letter_name(name))
-        if not 0 <= wait_time <= MAX_WAIT_S:
-            raise ConfigError(f"wait_time must be 0-{MAX_WAIT_S} seconds, got {wait_time}")
-        if not 0 <= visibility_timeout <= MAX_VISIBILITY_S:
-            raise ConfigError(
-                f"visibility_timeout must be 0-{MAX_VISIBILITY_S} seconds, got {visibility_timeout}"
-            )
-        if type(max_attempts) is not int or not 0 < max_attempts <= 1000:
-            raise ConfigError(f"max_attempts must be 1-1000 (SQS's redrive range), got {max_attempts!r}")
-        self.visibility_timeout = visibility_timeout
-        self.wait_time = wait_time
-        self.max_attempts = max_attempts
-        self.object_store = object_store
-        self.message_queue = message_queue
-        self._ensured = False
-        self._lock = threading.Lock()
-        self.signing = signing if signing is not None else Keyring.from_environment()
+        self.context = Context(
+            name, object_store, message_queue, statuses, visibility_timeout, wait_time, max_attempts,
+            signing if signing is not None else Keyring.from_environment(),
+        )
+        """The job system's settings and connections, as the worker and the lifecycle use them."""
+
+    @property
+    def name(self) -> str:
+        """The job system's name."""
+        return self.context.name
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        """The status queues, in pipeline order."""
+        return self.context.statuses
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds a taken job stays invisible to other workers (extended while it runs)."""
+        return self.context.visibility_timeout
+
+    @property
+    def wait_time(self) -> int:
+        """The long-poll wait of one receive, seconds."""
+        return self.context.wait_time
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries of a job before it is recorded failed and dead-lettered."""
+        return self.context.max_attempts
+
+    @property
+    def object_store(self) -> ObjectStore:
+        """Where inputs, outputs and records live."""
+        return self.context.store
+
+    @property
+    def message_queue(self) -> MessageQueue:
+        """The status and dead-letter queues."""
+        return self.context.queues
+
+    @property
+    def signing(self) -> Keyring | None:
         """The keys that sign and verify messages (``$REMOTEJOB_SIGNING_KEY``), or None."""
-        self.rejected: Counter[str] = Counter()
+        return self.context.signing
+
+    @property
+    def rejected(self) -> Counter[str]:
         """Messages this process refused before any handler saw them, by reason (``unsigned``,
-        ``bad-signature``, ``unknown-key``, ``stale``, ``undecodable``, ``replayed``, ...)."""
+        ``bad-signature``, ``unknown-key``, ``stale``, ``from-the-future``, ``undecodable``,
+        ``replayed``, ...)."""
+        return self.context.rejected
+
+    def queue_name(self, status: str) -> str:
+        """The message queue of a configured status, ``<name>-<status>`` (created on first use).
+
+        Raises:
+            UnknownStatus: the status is not configured.
+        """
+        return self.context.status_queue(status)
 
     def __repr__(self) -> str:
         return (
@@ -103,36 +125,8 @@ class Queue:
         Returns what exists: ``{"store": location, "queues": [names]}``.
         """
         self.object_store.ensure()
-        self._ensure_queues()
-        return {"store": self.object_store.location, "queues": self._queue_names()}
-
-    def _queue_names(self) -> list[str]:
-        return [keys.queue_name(self.name, s) for s in self.statuses] + [
-            keys.dead_letter_name(self.name)
-        ]
-
-    def _ensure_queues(self) -> None:
-        if self._ensured:
-            return
-        with self._lock:
-            if not self._ensured:
-                attributes = QueueAttributes(
-                    visibility_s=self.visibility_timeout,
-                    wait_s=self.wait_time,
-                    dead_letter=keys.dead_letter_name(self.name),
-                    max_receive_count=self.max_attempts,
-                )
-                self.message_queue.ensure(self._queue_names(), attributes)
-                self._ensured = True
-
-    def _status_queue(self, status: str) -> str:
-        if status not in self.statuses:
-            raise UnknownStatus(
-                f"status {status!r} is not configured for {self.name!r}; configured: "
-                f"{', '.join(self.statuses)} (pass statuses=... to connect())"
-            )
-        self._ensure_queues()
-        return keys.queue_name(self.name, status)
+        self.context.ensure_queues()
+        return {"store": self.object_store.location, "queues": self.context.queue_names()}
 
     # -- objects ---------------------------------------------------------------------------
 
@@ -147,16 +141,7 @@ class Queue:
             ValueError: unknown direction or no body. InvalidKey, MetadataError: rejected input
                 (nothing is written).
         """
-        return self._store(keys.direction(direction), parse_entry(data))[0]
-
-    def _store(self, direction: str, entry: Entry) -> tuple[str, Prepared]:
-        """Store an entry; return its key and the body as stored (its ``sha256`` costs a second
-        read of a file, so only callers that record it ask for it)."""
-        key = entry.key or keys.new_key()
-        full_key = keys.object_key(direction, key)
-        with open_body(entry.body) as prepared:
-            self.object_store.put(full_key, prepared.body, entry.metadata, entry.content_type)
-        return key, prepared
+        return batch.store(self.context, keys.direction(direction), parse_entry(data))[0]
 
     def retrieve(self, direction: str, key: str, sha256: str | None = None) -> StoredObject:
         """Open a stored object for streaming: ``.read()``, ``.open()``, ``.metadata``.
@@ -224,25 +209,11 @@ class Queue:
         again (their generated inputs and records) and the error is raised; jobs sent before
         stay submitted (a warning says how many).
         """
-        return batch.submit_many(self, items, status)
+        return batch.submit_many(self.context, items, status)
 
     def trigger_many(self, job_keys: Iterable[str], status: str = "pending") -> list[str]:
         """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
-        return batch.trigger_many(self, job_keys, status)
-
-    def _create_queued(self, key: str, status: str, now: float) -> str:
-        record = {"job": key, "state": "pending", "status": status, "created": now, "updated": now}
-        record_key = keys.record_key(key, "queued")
-        try:
-            self.object_store.put(
-                record_key, encode_record(record), content_type="application/json", if_absent=True
-            )
-        except AlreadyExists:
-            raise AlreadyExists(
-                f"job {key!r} was triggered before, and a job id runs once: store the input under "
-                "a new key (store() without 'key' makes one) to run it again"
-            ) from None
-        return record_key
+        return batch.trigger_many(self.context, job_keys, status)
 
     def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
         """Take the next job from a status queue, long-polling until one arrives.
@@ -255,116 +226,40 @@ class Queue:
         Raises:
             UnknownStatus: the status is not configured.
         """
-        queue = self._status_queue(status)
+        ctx = self.context
+        queue = ctx.status_queue(status)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # A blocking next() never short-polls in a loop, even with wait_time=0.
-            poll = float(self.wait_time or 1)
+            poll = float(ctx.wait_time or 1)
             remaining = poll if deadline is None else deadline - time.monotonic()
             wait = max(0.0, min(poll, remaining))
-            for message in self.message_queue.receive(queue, 1, wait):
-                envelope = self._open(queue, message)
+            for message in ctx.queues.receive(queue, 1, wait, ctx.visibility_timeout):
+                envelope = ctx.open(queue, message)
                 if envelope is None:
                     continue
-                job = Job(self, envelope, message)
-                if envelope.kind == "notice" and not self._notice_is_true(job, message):
-                    continue
-                if envelope.kind == "job":
-                    if self._finished_already(job):
+                delivery = Delivery(ctx, envelope, message)
+                if envelope.kind == "notice":
+                    if not self._notice_is_true(envelope, message):
                         continue
-                    self._record_progress(job)
-                return job
+                elif not lifecycle.begin(delivery):
+                    continue
+                else:
+                    lifecycle.record_progress(delivery)  # nothing heartbeats a job taken here
+                return Job(delivery)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    # -- what comes off a queue ------------------------------------------------------------
-
-    def _seal(self, text: str) -> str:
-        """A message as sent: signed when this job system has signing keys."""
-        return text if self.signing is None else self.signing.sign(text)
-
-    def _open(self, queue: str, message: Message) -> Envelope | None:
-        """Verify (with signing keys) and decode a received message; a message that fails goes
-        to the dead-letter queue with the reason, is counted in ``rejected``, and gives None."""
-        try:
-            if self.signing is not None:
-                self.signing.verify(message.body)
-            return decode(message.body)
-        except EnvelopeError as exc:
-            self._reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc))
-            return None
-
-    def _reject(self, queue: str, message: Message, reason: str, detail: str) -> None:
-        with self._lock:
-            self.rejected[reason] += 1
-        self._dead_letter(queue, message.body, message.receipt, f"{reason}: {detail}")
-
-    def _finished_already(self, job: Job) -> bool:
-        """On a redelivery, or always when messages are signed (so a replayed message never runs a
-        finished job): if the job's stage is finished, finish its leftovers, drop the delivery."""
-        if job.receive_count == 1 and self.signing is None:
-            return False
-        if not job.finish_if_done():
-            return False
-        if job.receive_count == 1:
-            with self._lock:
-                self.rejected["replayed"] += 1
-        logger.info("job %s was already finished; dropped its redelivery", job.id)
-        return True
-
-    def _notice_is_true(self, job: Job, message: Message) -> bool:
+    def _notice_is_true(self, notice: Envelope, message: Message) -> bool:
         """With signing keys, a completion notice must match the job's final record."""
         if self.signing is None:
             return True
-        record = completion.read_record(self.object_store, keys.record_key(job.id, "final"))
-        if record is not None and record.get("state") == job.state:
+        record = records.read(self.object_store, keys.record_key(notice.job, "final"))
+        if record is not None and record.get("state") == notice.state:
             return True
-        self._reject(keys.queue_name(self.name, job.status), message, "notice-without-outcome",
-                     f"job {job.id!r} has no {job.state} outcome recorded")
+        self.context.reject(keys.queue_name(self.name, notice.status), message, "notice-without-outcome",
+                            f"job {notice.job!r} has no {notice.state} outcome recorded")
         return False
-
-    def _record_progress(self, job: Job) -> None:
-        self.object_store.put(
-            keys.record_key(job.id, "progress"), progress_record(job), content_type="application/json"
-        )
-        job.progress_recorded = True
-
-    def _dead_letter(self, queue: str, body: str, receipt: str, reason: str) -> None:
-        logger.warning("moving an undecodable message from %s to the dead-letter queue: %s", queue, reason)
-        self.message_queue.send(keys.dead_letter_name(self.name), wrap_dead(body, queue, reason))
-        self.message_queue.delete(queue, receipt)
-
-    def _notice(
-        self, job: Job, state: str, error: str | None, outputs: Mapping[str, Any] | None = None
-    ) -> tuple[str, str] | None:
-        """The completion notice of a finished job, ``(queue, body)``; None without a
-        ``completed`` status (or for a job that ran in it)."""
-        if "completed" not in self.statuses or job.status == "completed":
-            return None
-        notice = Envelope(
-            job=job.id, key=job.key, status="completed", sent=time.time(), meta=job.metadata,
-            kind="notice", state=state, error=error, outputs=public_outputs(outputs or {}),
-        )
-        return self._status_queue("completed"), self._seal(encode(notice))
-
-    def _hand_on(self, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
-        now = time.time()
-        queued = {"job": envelope.job, "state": "pending", "status": status,
-                  "created": record["created"], "updated": now}
-        self.object_store.put(
-            keys.record_key(envelope.job, "queued"), encode_record(queued), content_type="application/json"
-        )
-        message = self._seal(encode(next_stage(envelope, status, record)))
-        self.message_queue.send(self._status_queue(status), message)
-
-    def _requeue(self, job_id: str, status: str, body: str) -> None:
-        now = time.time()
-        created = decode(body).sent
-        queued = {"job": job_id, "state": "pending", "status": status, "created": created, "updated": now}
-        self.object_store.put(
-            keys.record_key(job_id, "queued"), encode_record(queued), content_type="application/json"
-        )
-        self.message_queue.send(self._status_queue(status), self._seal(signing.strip(body)))
 
     # -- dead letters and workers ----------------------------------------------------------
 
@@ -374,7 +269,7 @@ class Queue:
         Each :class:`~remotejob.DeadLetter` has the original ``body``, the ``reason`` it was
         moved, and its ``job`` id and ``status`` when it is a job.
         """
-        return dead.list_dead(self, limit)
+        return dead.list_dead(self.context, limit)
 
     def redrive(self, limit: int | None = None) -> int:
         """Send dead-lettered jobs back to their status queues; return how many were sent.
@@ -382,7 +277,7 @@ class Queue:
         A job recorded ``failed`` is reopened so a (fixed) worker can run it again; messages
         that are not jobs of a configured status stay in the dead-letter queue.
         """
-        return dead.redrive(self, limit)
+        return dead.redrive(self.context, limit)
 
     def work(
         self,
@@ -406,7 +301,7 @@ class Queue:
 
     def _remove_job(self, status: str, receipt: str) -> None:
         """Delete a delivery from a status queue by its receipt handle (the seed's hidden call)."""
-        self.message_queue.delete(self._status_queue(status), receipt)
+        self.message_queue.delete(self.context.status_queue(status), receipt)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -417,22 +312,7 @@ class Queue:
             NotFound: no job with this id was ever submitted. InvalidKey: a malformed id.
         """
         validate_key(job_id)
-        for record in ("final", "progress", "queued"):
-            try:
-                with self.object_store.get(keys.record_key(job_id, record)) as obj:
-                    return decode_status(job_id, obj.read())
-            except NotFound:
-                continue
-        batched = keys.parse_batch_job(job_id)
-        if batched is not None:
-            try:
-                with self.object_store.get(keys.batch_key(batched[0])) as obj:
-                    pending = decode_manifest(job_id, batched[1], obj.read())
-            except NotFound:
-                pending = None
-            if pending is not None:
-                return pending
-        raise NotFound(f"no job {job_id!r} in {self.name!r}: it was never submitted")
+        return records.status(self.object_store, self.name, job_id)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
         """Wait until a job is completed or failed and return its status.

@@ -19,17 +19,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import keys
+from . import dead, lifecycle, records
 from .backends.base import Message
 from .errors import AlreadyExists, ConfigError, RemoteJobError
 from .job import Job
 from .lease import Heartbeat
+from .lifecycle import Delivery
 from .limits import MAX_VISIBILITY_S
 from .outbox import Outbox
-from .queue import Queue
 from .status import error_text
+
+if TYPE_CHECKING:
+    from .queue import Queue
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class Worker:
         max_retry_delay: the longest backoff, in seconds.
         handle_signals: on the main thread, make SIGTERM/SIGINT stop gracefully (a second
             signal stops at once) while :meth:`run` runs.
+        dead_letter_check: while idle, look into the dead-letter queue at most this often
+            (seconds) for jobs the queue moved there by itself after they killed their worker
+            on every attempt, and record them failed; None never looks.
 
     Raises:
         UnknownStatus: the status is not configured.
@@ -90,6 +96,7 @@ class Worker:
         max_retry_delay: float = 900.0,
         handle_signals: bool = True,
         prefetch: int = 2,
+        dead_letter_check: float | None = 60.0,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
@@ -99,6 +106,8 @@ class Worker:
             raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
         if max_jobs is not None and (not isinstance(max_jobs, int) or max_jobs < 1):
             raise ConfigError(f"max_jobs must be a positive integer or None, got {max_jobs!r}")
+        if dead_letter_check is not None and dead_letter_check < 0:
+            raise ConfigError(f"dead_letter_check must be >= 0 seconds or None, got {dead_letter_check!r}")
         if queue.visibility_timeout < 1:
             raise ConfigError("a worker needs a visibility timeout of at least 1 s to hold its jobs")
         if not 0 <= retry_delay <= max_retry_delay <= MAX_VISIBILITY_S:
@@ -106,9 +115,11 @@ class Worker:
         if grace_period < 0:
             raise ConfigError(f"grace_period must be >= 0, got {grace_period!r}")
         self.queue = queue
+        self.ctx = queue.context
         self.handler = handler
         self.status = status
-        self.queue_name = queue._status_queue(status)
+        self.queue_name = self.ctx.status_queue(status)
+        self.dead_letter_check = dead_letter_check
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.max_jobs = max_jobs
@@ -125,8 +136,9 @@ class Worker:
         self._stop_level = 0
         self._receiving = False
         self._retry_until = 0.0
-        self._heartbeat = Heartbeat(queue, queue.visibility_timeout)
-        self._outbox = Outbox(queue.message_queue)
+        self._swept = time.monotonic()
+        self._heartbeat = Heartbeat(self.ctx, queue.visibility_timeout)
+        self._outbox = Outbox(self.ctx.queues)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -151,8 +163,12 @@ class Worker:
         """Serve the queue until stopped, ``max_jobs`` taken, or (burst) it is empty.
 
         Returns:
-            The number of jobs taken.
+            The number of jobs taken (by this call; :attr:`taken` counts every call's).
         """
+        taken_before = self.taken
+        with self._cond:
+            self._stop_level = 0
+            self._released.clear()
         previous = self._install_signals()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
         self._heartbeat.start()
@@ -172,7 +188,7 @@ class Worker:
             self._heartbeat.stop()
             self._outbox.close()
             self._restore_signals(previous)
-        return self.taken
+        return self.taken - taken_before
 
     def _shut_down(self, receiver: threading.Thread) -> None:
         with self._cond:  # prefetched jobs that no handler started go back at once
@@ -190,9 +206,9 @@ class Worker:
             self._released.update(unfinished)
         self._let_go(unfinished)
         for job in unfinished:
-            if job.progress_recorded:  # it waits again: it should not look taken
+            if job.delivery.progress_recorded:  # it waits again: it should not look taken
                 try:
-                    self.queue.object_store.delete(keys.record_key(job.id, "progress"))
+                    records.clear_progress(self.ctx.store, job.id)
                 except RemoteJobError as exc:
                     logger.warning("job %s: could not clear its progress record: %s", job.id, exc)
             logger.warning("job %s did not finish before the worker stopped; released it", job.id)
@@ -242,10 +258,12 @@ class Worker:
                 free = self._room()
                 if self._stop_level or free <= 0:
                     break
-                wait = BURST_WAIT_S if self.burst else max(1, self.queue.wait_time)
+                wait = BURST_WAIT_S if self.burst else max(1, self.ctx.wait_time)
                 polled_at = time.time()
                 try:
-                    messages = self.queue.message_queue.receive(self.queue_name, free, wait)
+                    messages = self.ctx.queues.receive(
+                        self.queue_name, free, wait, self.ctx.visibility_timeout
+                    )
                 except RemoteJobError as exc:
                     logger.error("cannot receive from %s: %s; retrying in %s s", self.queue_name, exc,
                                  _ERROR_PAUSE_S)
@@ -255,6 +273,8 @@ class Worker:
                 if self._stop_level:
                     self._give_back(messages)
                     break
+                if not messages:
+                    self._sweep_dead_letters()
                 if not messages and self.burst and self._idle(polled_at):
                     break
                 for message in messages:
@@ -266,6 +286,16 @@ class Worker:
             with self._cond:
                 self._receiving = False
                 self._cond.notify_all()
+
+    def _sweep_dead_letters(self) -> None:
+        """Now and then, while idle: settle jobs the queue dead-lettered by itself."""
+        if self.dead_letter_check is None or time.monotonic() - self._swept < self.dead_letter_check:
+            return
+        self._swept = time.monotonic()
+        try:
+            dead.sweep(self.ctx)
+        except Exception as exc:  # noqa: BLE001 - a look at the dead letters must not stop the worker
+            logger.warning("could not look into the dead-letter queue: %s", exc)
 
     def _idle(self, polled_at: float) -> bool:
         """Nothing runs, and the empty poll began after every retry this worker delayed was due."""
@@ -279,17 +309,17 @@ class Worker:
         """Make deliveries visible again at once (ten per request), e.g. while stopping."""
         for start in range(0, len(receipts), 10):
             try:
-                self.queue.message_queue.change_visibility_batch(
+                self.ctx.queues.change_visibility_batch(
                     self.queue_name, [(receipt, 0) for receipt in receipts[start:start + 10]]
                 )
             except RemoteJobError as exc:
                 logger.warning("could not give back messages while stopping: %s", exc)
 
     def _dispatch(self, message: Message, pool: ThreadPoolExecutor) -> None:
-        envelope = self.queue._open(self.queue_name, message)
+        envelope = self.ctx.open(self.queue_name, message)
         if envelope is None:
             return
-        job = Job(self.queue, envelope, message, self._outbox)
+        job = Job(Delivery(self.ctx, envelope, message, self._outbox))
         if envelope.kind != "job":
             logger.warning("a completion notice in %s is not a job; removing it", self.queue_name)
             job.acknowledge()
@@ -307,9 +337,9 @@ class Worker:
             with self._cond:
                 if job in self._released:  # it waited for a handler until the worker stopped
                     return
-                job.started = time.time()
+                job.delivery.started = time.time()
                 job.running = True
-            if self.queue._finished_already(job):
+            if not lifecycle.begin(job.delivery):
                 return
             self._run_handler(job)
         except AlreadyExists:
@@ -337,12 +367,12 @@ class Worker:
             self._failed(job, exc)
 
     def _failed(self, job: Job, exc: Exception) -> None:
-        attempts = self.queue.max_attempts
+        attempts = self.ctx.max_attempts
         if job.receive_count >= attempts:
             logger.warning("job %s failed its last attempt (%d of %d): %s", job.id, job.receive_count,
                            attempts, error_text(exc))
             reason = f"failed {job.receive_count} attempts; last error: {error_text(exc)}"
-            job._finish(exc, (), dead_reason=reason)
+            lifecycle.finish(job.delivery, exc, (), dead_reason=reason[:1000])
             return
         delay = self._backoff(job.receive_count)
         logger.warning("job %s failed attempt %d of %d (%s); retrying in %d s", job.id, job.receive_count,
@@ -350,6 +380,7 @@ class Worker:
         with self._cond:
             # Queues keep visibility in whole seconds: allow one more for their clock.
             self._retry_until = max(self._retry_until, time.time() + delay + (1 if delay else 0))
+        self._heartbeat.release(job)  # first: a beat in flight must not undo the backoff
         job.release(delay)
 
     def _backoff(self, attempt: int) -> int:

@@ -11,7 +11,7 @@ The handler's assets are a deterministic function of the job's input (:func:`exp
 so a test can check the published bytes whichever attempt won.
 
 ``--die-in-publish`` makes the process exit (status 9) right after it wins a job's claim, before
-it publishes the assets.
+it publishes the assets (the claim's write is applied, nothing after it).
 
 Exit status mirrors ``remotejob worker``: 0 when ``run()`` returns, except that a worker stopped
 at once with handlers still running (``Worker.interrupted``) leaves with ``os._exit(130)`` so
@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import remotejob
-from remotejob import completion
 
 BIG_SIZE = 200 * 1024
 """The size of the ``big`` asset: above the 64 KiB that travel inside a record, so it is staged."""
@@ -93,19 +92,24 @@ def make_handler(args: argparse.Namespace) -> Callable[[remotejob.Job], list[dic
     return handler
 
 
-def die_in_publish() -> None:
-    """Make this process die between winning a claim and publishing its assets, as a worker that
-    crashes there would: the final record exists, ``out/<id>/`` does not yet."""
-    real = completion.publish
+class DieAfterClaim:
+    """A store that ends this process right after a create-once ``final`` record is written (a
+    won claim), before anything is published, as a worker that crashes there would."""
 
-    def publish(store: Any, job_id: str, key: str, record: Any, *, check: bool, sweep: bool = False) -> bool:
-        if not check:  # the winner's own publishing (a redelivery finishing one passes check=True)
-            logging.getLogger("worker_proc").warning("dying after the claim of job %s", job_id)
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.location = inner.location
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put(self, key: str, body: Any, *args: Any, if_absent: bool = False, **kwargs: Any) -> Any:
+        info = self._inner.put(key, body, *args, if_absent=if_absent, **kwargs)
+        if if_absent and key.endswith("/final"):
+            logging.getLogger("worker_proc").warning("dying after the claim %s", key)
             sys.stderr.flush()
             os._exit(9)
-        return real(store, job_id, key, record, check=check, sweep=sweep)
-
-    completion.publish = publish
+        return info
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -150,12 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr,
         format=f"%(asctime)s worker_proc[{os.getpid()}] %(name)s %(levelname)s %(message)s",
     )
-    if args.die_in_publish:
-        die_in_publish()
     q = remotejob.connect(
         args.name, store=args.store, queues=args.queues, visibility_timeout=args.visibility,
         wait_time=args.wait_time, max_attempts=args.max_attempts,
     )
+    if args.die_in_publish:
+        q.context.store = DieAfterClaim(q.context.store)
     worker = remotejob.Worker(
         q, make_handler(args), concurrency=args.concurrency, grace_period=args.grace,
         retry_delay=args.retry_delay, max_retry_delay=max(args.retry_delay, 900.0),

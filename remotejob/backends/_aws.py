@@ -45,6 +45,7 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     RemoteJobError,
+    UncertainResult,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ _VALUE_CODES: dict[str, type[ValueError]] = {
     "MetadataTooLarge": MetadataError,
     "EntityTooLarge": PayloadTooLarge,
 }
-_LOST_CONNECTION = (BotoConnectionError, ReadTimeoutError, ConnectionClosedError, ResponseStreamingError)
+_LOST_REPLY = (ReadTimeoutError, ConnectionClosedError, ResponseStreamingError)
+"""Failures after the request went out: it may have been applied."""
+_LOST_CONNECTION = (BotoConnectionError, *_LOST_REPLY)
 _ACCESS_KEY_LIKE = re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{12,}\b")
 
 
@@ -204,6 +207,11 @@ class Translate:
                 f"no AWS credentials found for {where}: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or run where an IAM role is available"
             )
+        if isinstance(exc, _LOST_REPLY):
+            return UncertainResult(
+                f"lost the reply of {where} while {doing} ({type(exc).__name__}): the request may "
+                "have been applied"
+            )
         if isinstance(exc, _LOST_CONNECTION):
             return BackendUnavailable(
                 f"cannot reach {where} while {doing} ({type(exc).__name__}): check {env} "
@@ -249,6 +257,8 @@ class Translate:
         if code in _UNSUPPORTED_CODES or status == 501:
             return NotSupported(f"{where} does not support {doing} ({code or status}){hint}")
         said = _aws_message(exc).rstrip(".") if hint else _aws_message(exc)
+        if isinstance(status, int) and status >= 500:  # the service failed: it may have applied it
+            return UncertainResult(f"{where} failed while {doing}: {code or status}: {said}{hint}")
         return BackendUnavailable(f"{where} failed while {doing}: {code or status}: {said}{hint}")
 
 

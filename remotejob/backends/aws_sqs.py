@@ -11,8 +11,17 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
+from botocore.exceptions import ClientError
 
-from ..errors import BackendUnavailable, ConfigError, InvalidReceipt, NotFound, PayloadTooLarge
+from ..errors import (
+    BackendUnavailable,
+    BatchPartlyFailed,
+    ConfigError,
+    InvalidReceipt,
+    NotFound,
+    PayloadTooLarge,
+    VisibilityLimit,
+)
 from ..limits import (
     DEAD_LETTER_RETENTION_S,
     MAX_MESSAGE_BYTES,
@@ -27,7 +36,7 @@ from ..limits import (
     validate_wait,
 )
 from ._aws import LazyClient, Translate, safe_endpoint
-from .base import Message, OutgoingMessage, QueueAttributes, QueueDepth
+from .base import CAPPED, GONE, Message, OutgoingMessage, QueueAttributes, QueueDepth
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -289,9 +298,11 @@ class SqsQueues:
             pending = {f["Id"]: pending[f["Id"]] for f in failed}
         if failed:
             listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in failed)
-            raise BackendUnavailable(
+            raise BatchPartlyFailed(
                 f"SQS at {self._client.endpoint()} refused {len(failed)} of {len(messages)} messages "
-                f"sent to queue {queue!r} ({listed}); the others were sent"
+                f"sent to queue {queue!r} ({listed}); the others were sent",
+                failed={int(f["Id"]): str(f.get("Code")) for f in failed},
+                done={int(i): message_id for i, message_id in ids.items()},
             )
         return [ids[str(i)] for i in range(len(messages))]
 
@@ -325,14 +336,34 @@ class SqsQueues:
         received = []
         for m in reply.get("Messages", []):
             attrs = m.get("Attributes", {})
+            count = attrs.get("ApproximateReceiveCount")
+            if count is None:
+                # Without it no attempt is ever the last one: jobs would retry forever.
+                self._give_back(args["QueueUrl"], reply.get("Messages", []))
+                raise BackendUnavailable(
+                    f"SQS at {self._client.endpoint()} returned messages of queue {queue!r} without "
+                    "their ApproximateReceiveCount attribute: remotejob counts attempts with it, so "
+                    "this SQS-compatible endpoint cannot be used for jobs (use AWS SQS or the embedded queue)"
+                )
             received.append(Message(
                 body=m["Body"],
                 message_id=m["MessageId"],
                 receipt=m["ReceiptHandle"],
-                receive_count=int(attrs.get("ApproximateReceiveCount", "1")),
+                receive_count=int(count),
                 sent_at=int(attrs.get("SentTimestamp", "0")) / 1000,
             ))
         return received
+
+    def _give_back(self, url: str, messages: list[Any]) -> None:
+        """Make received messages visible again (best effort), before an error drops them."""
+        entries: list[Any] = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(messages)
+        ]
+        try:
+            self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        except Exception:  # noqa: BLE001 - the error about to be raised matters more
+            logger.debug("could not give back messages", exc_info=True)
 
     def delete(self, queue: str, receipt: str) -> None:
         """Delete the delivery named by ``receipt``.
@@ -366,8 +397,10 @@ class SqsQueues:
         listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in failed)
         if all(str(f.get("Code")).endswith(_RECEIPT_FAILURES) for f in failed):
             raise InvalidReceipt(f"queue {queue!r} refused receipt handles ({listed})")
-        raise BackendUnavailable(
-            f"SQS at {self._client.endpoint()} could not delete messages of queue {queue!r} ({listed})"
+        codes = {int(f["Id"]): _entry_code(f) for f in failed}
+        raise BatchPartlyFailed(
+            f"SQS at {self._client.endpoint()} could not delete messages of queue {queue!r} ({listed})",
+            failed=codes, done={i: "" for i in range(len(receipts)) if i not in codes},
         )
 
     def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
@@ -381,10 +414,15 @@ class SqsQueues:
         """
         validate_visibility(seconds)
         url = self._url(queue)
-        with self._call("changing the visibility of a message in", queue):
-            self._sqs.change_message_visibility(
-                QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
-            )
+        try:
+            with self._call("changing the visibility of a message in", queue):
+                self._sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
+                )
+        except BackendUnavailable as exc:
+            if isinstance(exc.__cause__, ClientError) and _is_capped(exc.__cause__.response.get("Error", {})):
+                raise VisibilityLimit(_CAPPED_TEXT) from exc
+            raise
 
     def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
         """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one request.
@@ -409,13 +447,14 @@ class SqsQueues:
         with self._call("changing the visibility of messages in", queue):
             reply = self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=batch)
         failed = reply.get("Failed", [])
-        other = [f for f in failed if not str(f.get("Code")).endswith(_RECEIPT_FAILURES)]
-        if other:
-            listed = "; ".join(f"entry {f['Id']}: {f.get('Code')}" for f in other)
-            raise BackendUnavailable(
-                f"SQS at {self._client.endpoint()} could not change visibility in queue {queue!r} ({listed})"
+        codes = {int(f["Id"]): _entry_code(f) for f in failed}
+        if any(code != GONE for code in codes.values()):
+            listed = "; ".join(f"entry {i}: {code}" for i, code in sorted(codes.items()))
+            raise BatchPartlyFailed(
+                f"SQS at {self._client.endpoint()} could not change visibility in queue {queue!r} ({listed})",
+                failed=codes, done={i: "" for i in range(len(entries)) if i not in codes},
             )
-        return sorted(int(f["Id"]) for f in failed)
+        return sorted(codes)
 
     def depth(self, queue: str) -> QueueDepth:
         """Return the queue's approximate message counts.
@@ -442,3 +481,23 @@ class SqsQueues:
             self._sqs.purge_queue(QueueUrl=url)
         if call.swallowed:
             logger.info("a purge of queue %s is already in progress; not purging again", queue)
+
+
+_CAPPED_TEXT = (
+    "the delivery cannot stay invisible for longer: SQS ends a message's visibility at most 12 hours "
+    "after it was received"
+)
+
+
+def _is_capped(entry: Any) -> bool:
+    """Whether a failure is SQS refusing to extend a visibility past 12 h from receipt."""
+    text = str(entry.get("Message", "")).lower()
+    return entry.get("Code") == "InvalidParameterValue" and ("beyond" in text or "43200" in text)
+
+
+def _entry_code(entry: Any) -> str:
+    """A failed batch entry's code, with stale receipts as GONE and the 12 h cap as CAPPED."""
+    code = str(entry.get("Code"))
+    if code.endswith(_RECEIPT_FAILURES):
+        return GONE
+    return CAPPED if _is_capped(entry) else code

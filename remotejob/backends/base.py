@@ -165,6 +165,14 @@ class ObjectStore(Protocol):
         """
 
 
+GONE = "gone"
+"""A batch entry's error code (``BatchPartlyFailed.failed``): the delivery was deleted or received
+again since its receipt was issued."""
+CAPPED = "visibility-cap"
+"""A batch entry's error code: the visibility would end more than 12 hours after the delivery was
+received (SQS's cap), so it was not changed."""
+
+
 @dataclass(frozen=True)
 class QueueAttributes:
     """How a queue behaves; applied when the queue is created."""
@@ -228,7 +236,13 @@ class MessageQueue(Protocol):
         """
 
     def send_batch(self, queue: str, messages: Sequence[OutgoingMessage]) -> list[str]:
-        """Send 1-10 messages in one request and return their message ids, in order."""
+        """Send 1-10 messages in one request and return their message ids, in order.
+
+        Raises:
+            BatchPartlyFailed: some entries were refused (``failed``); the others were sent
+                (``done`` holds their message ids).
+            UncertainResult: the reply was lost: any entry may have been sent.
+        """
 
     def receive(
         self,
@@ -250,13 +264,23 @@ class MessageQueue(Protocol):
         """Delete 1-10 deliveries in one request."""
 
     def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
-        """Make the delivery visible again after ``seconds`` (0 = now) from this moment."""
+        """Make the delivery visible again after ``seconds`` (0 = now) from this moment.
+
+        Raises:
+            InvalidReceipt: the delivery is gone.
+            VisibilityLimit: that would end more than 12 hours after the delivery was received.
+        """
 
     def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
         """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one request.
 
         Returns the indices of the entries whose delivery is gone (deleted, or received again
         since); the others were changed.
+
+        Raises:
+            BatchPartlyFailed: some entries failed for another reason (``failed`` maps every
+                failed entry, gone ones included, to its code: :data:`GONE`, :data:`CAPPED` or
+                the service's); the others were changed.
         """
 
     def depth(self, queue: str) -> QueueDepth:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import time
 import uuid
@@ -22,10 +23,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..errors import ConfigError, InvalidReceipt, NotFound, PayloadTooLarge
+from ..errors import (
+    BatchPartlyFailed,
+    ConfigError,
+    InvalidReceipt,
+    NotFound,
+    PayloadTooLarge,
+    VisibilityLimit,
+)
 from ..limits import (
     DEAD_LETTER_RETENTION_S,
     MAX_MESSAGE_BYTES,
+    MAX_VISIBILITY_S,
     validate_batch,
     validate_delay,
     validate_message_body,
@@ -34,7 +43,7 @@ from ..limits import (
     validate_wait,
 )
 from ._sqlite import Database, translate_errors
-from .base import Message, OutgoingMessage, QueueAttributes, QueueDepth
+from .base import CAPPED, GONE, Message, OutgoingMessage, QueueAttributes, QueueDepth
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +69,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at REAL NOT NULL,
     visible_at REAL NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT
+    receipt TEXT,
+    received_at REAL
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (queue, visible_at, seq);
 CREATE INDEX IF NOT EXISTS messages_by_age ON messages (queue, sent_at);
@@ -68,6 +78,13 @@ CREATE INDEX IF NOT EXISTS messages_by_age ON messages (queue, sent_at);
 
 _FIELDS = dataclasses.fields(QueueAttributes)
 _RECEIPT = re.compile(r"([0-9]{1,18})\.[0-9a-f]{32}")
+
+
+class _QueueDatabase(Database):
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        if "received_at" not in columns:  # databases made before the 12-hour visibility cap
+            conn.execute("ALTER TABLE messages ADD COLUMN received_at REAL")
 
 
 class _Signal:
@@ -133,7 +150,7 @@ class SqliteQueues:
         self.path = Path(path).absolute()
         self.location = f"sqlite://{self.path}"
         self._clock = clock
-        self._db = Database(self.path, _SCHEMA)
+        self._db = _QueueDatabase(self.path, _SCHEMA)
         self._known: dict[str, QueueAttributes] = {}
 
     def __repr__(self) -> str:
@@ -345,8 +362,9 @@ class SqliteQueues:
                         continue
                     receipt = f"{seq}.{secrets.token_hex(16)}"
                     conn.execute(
-                        "UPDATE messages SET receipt = ?, visible_at = ?, receive_count = ? WHERE seq = ?",
-                        (receipt, now + visibility, count + 1, seq),
+                        "UPDATE messages SET receipt = ?, visible_at = ?, receive_count = ?, received_at = ? "
+                        "WHERE seq = ?",
+                        (receipt, now + visibility, count + 1, now, seq),
                     )
                     taken.add(seq)
                     received.append(Message(body, message_id, receipt, count + 1, sent_at))
@@ -386,23 +404,20 @@ class SqliteQueues:
             NotFound: no such queue.
             InvalidReceipt: not a receipt this backend issues, or not the message's latest
                 delivery (it was deleted or received again since).
+            VisibilityLimit: that would end more than 12 hours after the delivery was received.
             ValueError: ``seconds`` outside 0 s to 12 h.
         """
         validate_visibility(seconds)
-        seq = _seq(queue, receipt)
-        with self._errors(f"changing visibility in {queue!r}"):
-            self._attributes(queue)
-            cursor = self._db.connection().execute(
-                "UPDATE messages SET visible_at = ? WHERE seq = ? AND queue = ? AND receipt = ?",
-                (self._clock() + seconds, seq, queue, receipt),
-            )
-        if cursor.rowcount == 0:
+        failed = self._change(queue, [(receipt, seconds)])
+        if failed.get(0) == GONE:
             raise InvalidReceipt(
                 f"receipt {receipt!r} is not the latest delivery of a message in {queue!r}: "
                 "the message was deleted or received again since"
             )
-        if seconds == 0:
-            self._signal.notify()
+        if failed.get(0) == CAPPED:
+            raise VisibilityLimit(
+                f"a delivery of {queue!r} cannot stay invisible past 12 hours from its receipt (as on SQS)"
+            )
 
     def change_visibility_batch(self, queue: str, entries: Sequence[tuple[str, int]]) -> list[int]:
         """``change_visibility`` for 1-10 ``(receipt, seconds)`` entries in one transaction.
@@ -414,26 +429,43 @@ class SqliteQueues:
             InvalidReceipt: a receipt this backend never issues (nothing is changed).
             PayloadTooLarge: more than 10 entries.
             ValueError: a visibility outside 0 s to 12 h.
+            BatchPartlyFailed: some entries would pass 12 hours from their receipt (code
+                :data:`~remotejob.backends.base.CAPPED`); the others were changed.
         """
         validate_batch(len(entries), "visibility batch")
         for _, seconds in entries:
             validate_visibility(seconds)
+        failed = self._change(queue, entries)
+        if any(code != GONE for code in failed.values()):
+            raise BatchPartlyFailed(
+                f"{len(failed)} of {len(entries)} deliveries of {queue!r} could not be kept invisible "
+                "(past 12 hours from their receipt, or gone)",
+                failed=failed, done={i: "" for i in range(len(entries)) if i not in failed},
+            )
+        return sorted(failed)
+
+    def _change(self, queue: str, entries: Sequence[tuple[str, int]]) -> dict[int, str]:
+        """Change visibilities in one transaction; return the failed entries' codes."""
         rows = [(_seq(queue, receipt), receipt, seconds) for receipt, seconds in entries]
-        stale: list[int] = []
+        failed: dict[int, str] = {}
         with self._errors(f"changing visibility in {queue!r}"):
             self._attributes(queue)
             now = self._clock()
             with self._db.transaction() as conn:
                 for index, (seq, receipt, seconds) in enumerate(rows):
-                    cursor = conn.execute(
-                        "UPDATE messages SET visible_at = ? WHERE seq = ? AND queue = ? AND receipt = ?",
-                        (now + seconds, seq, queue, receipt),
-                    )
-                    if cursor.rowcount == 0:
-                        stale.append(index)
+                    row = conn.execute(
+                        "SELECT received_at FROM messages WHERE seq = ? AND queue = ? AND receipt = ?",
+                        (seq, queue, receipt),
+                    ).fetchone()
+                    if row is None:
+                        failed[index] = GONE
+                    elif row[0] is not None and now + seconds > row[0] + MAX_VISIBILITY_S:
+                        failed[index] = CAPPED
+                    else:
+                        conn.execute("UPDATE messages SET visible_at = ? WHERE seq = ?", (now + seconds, seq))
         if any(seconds == 0 for _, seconds in entries):
             self._signal.notify()
-        return stale
+        return failed
 
     def depth(self, queue: str) -> QueueDepth:
         """Return the queue's message counts: waiting, in flight, and delayed.

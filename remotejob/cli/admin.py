@@ -165,5 +165,5 @@ def purge(ctx: Context, status: str, yes: bool) -> None:
     """
     with ctx.errors():
         q = ctx.connect()
-        queue = q._status_queue(status)
+        queue = q.queue_name(status)
     _purge(ctx, q, queue, yes)

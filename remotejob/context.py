@@ -1,0 +1,142 @@
+"""What every part of a job system shares: its name, statuses, store, queues, keys and limits.
+
+:class:`Context` is internal. The public :class:`~remotejob.Queue` builds one and delegates to the
+modules that use it (``lifecycle``, ``records``, ``batch``, ``dead``, ``worker``...); nothing inside
+the package imports ``queue.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Sequence
+
+from . import keys
+from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes
+from .envelope import Envelope, decode, wrap_dead
+from .errors import ConfigError, EnvelopeError, UnknownStatus
+from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_queue_name
+from .signing import Keyring
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATUSES = ("pending", "inprogress", "completed")
+
+
+class Context:
+    """One job system's settings and connections, validated once.
+
+    Raises:
+        ConfigError: an invalid name, status list or option.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: ObjectStore,
+        queues: MessageQueue,
+        statuses: Sequence[str] = DEFAULT_STATUSES,
+        visibility_timeout: int = 30,
+        wait_time: int = 20,
+        max_attempts: int = 5,
+        signing: Keyring | None = None,
+    ) -> None:
+        self.name = validate_queue_name(name)
+        if isinstance(statuses, str) or not statuses:
+            raise ConfigError("statuses must be a non-empty sequence of names, e.g. ('pending',)")
+        self.statuses = tuple(statuses)
+        for status in self.statuses:
+            if status == keys.DEAD:
+                raise ConfigError(f"'{keys.DEAD}' is the dead-letter queue; name the status otherwise")
+            validate_queue_name(keys.queue_name(name, status))
+        validate_queue_name(keys.dead_letter_name(name))
+        if not 0 <= wait_time <= MAX_WAIT_S:
+            raise ConfigError(f"wait_time must be 0-{MAX_WAIT_S} seconds, got {wait_time}")
+        if not 0 <= visibility_timeout <= MAX_VISIBILITY_S:
+            raise ConfigError(
+                f"visibility_timeout must be 0-{MAX_VISIBILITY_S} seconds, got {visibility_timeout}"
+            )
+        if type(max_attempts) is not int or not 0 < max_attempts <= 1000:
+            raise ConfigError(f"max_attempts must be 1-1000 (SQS's redrive range), got {max_attempts!r}")
+        self.visibility_timeout = visibility_timeout
+        self.wait_time = wait_time
+        self.max_attempts = max_attempts
+        self.store = store
+        self.queues = queues
+        self.signing = signing
+        self.rejected: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self._ensured = False
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead-letter queue's name, ``<name>-dead``."""
+        return keys.dead_letter_name(self.name)
+
+    def queue_names(self) -> list[str]:
+        """Every status queue's name, then the dead-letter queue's."""
+        return [keys.queue_name(self.name, s) for s in self.statuses] + [self.dead_letters]
+
+    def ensure_queues(self) -> None:
+        """Create the status and dead-letter queues if missing (once per process)."""
+        if self._ensured:
+            return
+        with self.lock:
+            if not self._ensured:
+                attributes = QueueAttributes(
+                    visibility_s=self.visibility_timeout,
+                    wait_s=self.wait_time,
+                    dead_letter=self.dead_letters,
+                    max_receive_count=self.max_attempts,
+                )
+                self.queues.ensure(self.queue_names(), attributes)
+                self._ensured = True
+
+    def status_queue(self, status: str) -> str:
+        """The queue of a configured status (created on first use).
+
+        Raises:
+            UnknownStatus: the status is not configured.
+        """
+        if status not in self.statuses:
+            raise UnknownStatus(
+                f"status {status!r} is not configured for {self.name!r}; configured: "
+                f"{', '.join(self.statuses)} (pass statuses=... to connect())"
+            )
+        self.ensure_queues()
+        return keys.queue_name(self.name, status)
+
+    def next_status(self, status: str) -> str | None:
+        """The status after ``status`` in pipeline order, or None for the last."""
+        index = self.statuses.index(status)
+        return self.statuses[index + 1] if index + 1 < len(self.statuses) else None
+
+    def seal(self, text: str) -> str:
+        """A message as sent: signed when this job system has signing keys."""
+        return text if self.signing is None else self.signing.sign(text)
+
+    def open(self, queue: str, message: Message) -> Envelope | None:
+        """Verify (with signing keys) and decode a received message; a message that fails goes
+        to the dead-letter queue with the reason, is counted in ``rejected``, and gives None."""
+        try:
+            if self.signing is not None:
+                self.signing.verify(message.body)
+            return decode(message.body)
+        except EnvelopeError as exc:
+            self.reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc))
+            return None
+
+    def reject(self, queue: str, message: Message, reason: str, detail: str) -> None:
+        """Count a refused message and move it to the dead-letter queue with the reason."""
+        with self.lock:
+            self.rejected[reason] += 1
+        logger.warning("moving a refused message from %s to the dead-letter queue: %s: %s",
+                       queue, reason, detail)
+        self.queues.send(self.dead_letters, wrap_dead(message.body, queue, f"{reason}: {detail}"))
+        self.queues.delete(queue, message.receipt)
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a message refused without moving it (e.g. a replay dropped)."""
+        with self.lock:
+            self.rejected[reason] += 1

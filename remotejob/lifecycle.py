@@ -1,0 +1,499 @@
+"""The life of one job delivery, in one place: begin -> stage -> claim -> publish -> consequences
+(notice, hand-on, dead letter) -> acknowledge; finishing a crashed winner's work from its record;
+retrying; settling a job the queue dead-lettered by itself.
+
+Several attempts of one job can run at once (a worker that stalled past its visibility timeout, a
+duplicate delivery); exactly one outcome may stand and no published output may be overwritten.
+So an attempt:
+
+1. **stages** its assets where no other attempt writes: small ones inside its record, larger ones
+   under ``jobs/<id>/attempts/<status>/<attempt>/`` (per stage, so that finishing one stage never
+   sweeps another stage's staging);
+2. **claims** the outcome with a create-once write of its record (``final``, or
+   ``handoff-<status>`` for a pipeline stage that hands the job on). The first claim wins; a claim
+   whose reply was lost reads the record back and knows it by its attempt id;
+3. **publishes**, if it won, its assets to ``out/<id>/<asset>`` and marks the record published
+   (until then ``status()`` says ``inprogress``). A staged asset that vanished is never published
+   as if it were there: the job is recorded failed, saying so;
+4. delivers the **consequences**: the next stage's message (built from the record alone, so a
+   repeat sends the same message, and each later stage runs once per job: see
+   :func:`begin`), the completion notice, the dead letter;
+5. **acknowledges**: deletes the delivery (through the worker's outbox, after the notice).
+
+Whoever finds a record whose consequences may be undone (its message came back) finishes them from
+the record (:func:`finish_if_done`), never by running the handler again.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import keys, records, signing
+from .backends.base import Message
+from .bodies import Entry, open_body
+from .context import Context
+from .envelope import Envelope, decode, encode, unwrap_dead, wrap_dead
+from .errors import AlreadyExists, EnvelopeError, InvalidReceipt, NotFound
+from .limits import MAX_MESSAGE_BYTES
+from .outbox import Finished, Outbox
+from .status import JobStatus, error_text, worker_id
+
+logger = logging.getLogger(__name__)
+
+INLINE_MAX = 64 * 1024
+"""Total bytes of an attempt's assets that travel inside its record instead of being staged."""
+ERROR_MAX = 16 * 1024
+"""Characters of an error kept in a record; a notice carries at most :data:`NOTICE_ERROR_MAX`."""
+NOTICE_ERROR_MAX = 4 * 1024
+NOTICE_MAX = 64 * 1024
+"""Bytes a completion notice may take; past it, it leaves its outputs to the record (``partial``)."""
+MESSAGE_ROOM = MAX_MESSAGE_BYTES - 16 * 1024
+"""Bytes a hand-on message may take: room is left to wrap it for the dead-letter queue."""
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One delivery of a job's message, and how far its life has got."""
+
+    ctx: Context
+    envelope: Envelope
+    message: Message
+    outbox: Outbox | None = None
+    attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.time)
+    received: float = field(default_factory=time.monotonic)
+    worker: str = field(default_factory=worker_id)
+    finished: bool = False
+    acknowledged: bool = False
+    progress_recorded: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def id(self) -> str:
+        return self.envelope.job
+
+    @property
+    def status(self) -> str:
+        return self.envelope.status
+
+    @property
+    def receive_count(self) -> int:
+        return self.message.receive_count
+
+    @property
+    def created(self) -> float:
+        return self.envelope.sent
+
+    @property
+    def queue(self) -> str:
+        """The status queue this delivery came from."""
+        return keys.queue_name(self.ctx.name, self.status)
+
+    @property
+    def last_allowed(self) -> bool:
+        """This is the job's last delivery before the queue dead-letters it."""
+        return self.receive_count >= self.ctx.max_attempts
+
+
+# -- before the handler --------------------------------------------------------------------------
+
+
+def begin(d: Delivery) -> bool:
+    """Decide whether this delivery runs its handler: False when its stage is finished already
+    (the leftovers are finished and the delivery dropped) or when it is a second copy of a
+    hand-on whose stage another message runs (dropped)."""
+    ctx = d.ctx
+    if (d.receive_count > 1 or ctx.signing is not None) and finish_if_done(d):
+        if d.receive_count == 1:
+            ctx.count_rejected("replayed")
+        logger.info("job %s was already finished; dropped its redelivery", d.id)
+        return False
+    if d.envelope.after is not None and not records.claim_start(
+        ctx.store, d.id, d.status, d.message.message_id
+    ):
+        logger.info("job %s: stage %s runs from another copy of its hand-on; dropped this one",
+                    d.id, d.status)
+        d.finished = True
+        _acknowledge(d, notice=None)
+        return False
+    if d.last_allowed:  # so that a job that kills its worker can tell which worker it was
+        record_progress(d)
+    return True
+
+
+def record_progress(d: Delivery) -> None:
+    """Write the delivery's ``progress`` record (once, and never after its outcome)."""
+    with d.lock:
+        if not d.finished and not d.progress_recorded:
+            records.write_progress(d.ctx.store, d.id, d.status, d.created, d.started, d.worker,
+                                   d.receive_count)
+            d.progress_recorded = True
+
+
+# -- the outcome ---------------------------------------------------------------------------------
+
+
+def finish(
+    d: Delivery,
+    error: BaseException | str | None,
+    entries: Sequence[Entry],
+    next_status: str | None = None,
+    next_input: str | None = None,
+    dead_reason: str | None = None,
+) -> JobStatus:
+    """Stage, claim, publish, deliver the consequences and acknowledge; see the module docstring.
+
+    Raises:
+        AlreadyExists: another attempt's outcome stands (its leftovers were finished).
+    """
+    store = d.ctx.store
+    outputs = _stage(d, entries)
+    now = time.time()
+    record: dict[str, Any] = {
+        "job": d.id,
+        "state": "failed" if error is not None else "completed",
+        "status": d.status,
+        "created": d.created,
+        "updated": now,
+        "started": d.started,
+        "error": None if error is None else error_text(error)[:ERROR_MAX],
+        "outputs": {**_earlier_outputs(d), **outputs},
+        "worker": d.worker,
+        "attempt": d.receive_count,
+        "attempt_id": d.attempt_id,
+        "published": not any(doc.get("staged") or "inline" in doc for doc in outputs.values()),
+    }
+    if next_status is not None:
+        source = d.envelope.input if next_input is None else keys.output_key(d.id, next_input)
+        record.update(state="handed", next=next_status, input=source)
+    if dead_reason is not None:
+        record["dead"] = dead_reason
+    key = _outcome_key(d.id, d.status, next_status is not None)
+    winner = records.claim(store, key, record)
+    with d.lock:
+        d.finished = True
+    if winner is not None:
+        _discard(d, outputs)
+        _settle(d, key, winner, redelivered=False)
+        raise AlreadyExists(
+            f"job {d.id!r} was already finished by another attempt ({winner.get('state')}); its record stands"
+        )
+    record = _publish(d, key, record, sweep=d.receive_count > 1)
+    _consequences(d, record)
+    if record.get("next") is not None:
+        return JobStatus(d.id, "pending", str(record["next"]), d.created, now)
+    return records.decode_status(d.id, records.encode(record))
+
+
+def finish_if_done(d: Delivery) -> bool:
+    """If this delivery's stage has an outcome already, finish what its winner may have left
+    undone (publishing, the next stage, the notice), drop this delivery and return True."""
+    store = d.ctx.store
+    key = keys.record_key(d.id, "final")
+    record = records.read(store, key)
+    if record is None:
+        key = keys.handoff_key(d.id, d.status)
+        record = records.read(store, key)
+    if record is None:
+        return False
+    with d.lock:
+        d.finished = True
+    if record.get("status") != d.status:  # a later stage finished the whole job
+        _acknowledge(d, notice=None)
+        return True
+    _settle(d, key, record, redelivered=True)
+    return True
+
+
+def _settle(d: Delivery, key: str, record: dict[str, Any], *, redelivered: bool) -> None:
+    """Finish a recorded outcome's leftovers from its record, then drop this delivery.
+
+    A redelivery means the winner died before deleting its message, maybe before its notice or
+    hand-on: those are repeated (a notice may then come twice; a hand-on's copies run once). A
+    losing duplicate of a living winner acts only if it had to finish publishing."""
+    was_published = record.get("published") is not False
+    record = _publish(d, key, record, sweep=True)
+    nxt = record.get("next")
+    if not (redelivered or not was_published) or (
+        nxt is not None and records.read(d.ctx.store, keys.start_key(d.id, str(nxt))) is not None
+    ):
+        _acknowledge(d, notice=None)
+        return
+    _consequences(d, record)
+
+
+def _outcome_key(job_id: str, status: str, handed: bool) -> str:
+    return keys.handoff_key(job_id, status) if handed else keys.record_key(job_id, "final")
+
+
+def _earlier_outputs(d: Delivery) -> dict[str, Any]:
+    """The outputs earlier pipeline stages published (from the handing stage's record when
+    they did not fit in the message)."""
+    envelope = d.envelope
+    if envelope.partial and envelope.after is not None:
+        handed = records.read(d.ctx.store, keys.handoff_key(d.id, envelope.after))
+        if handed is not None:
+            return public_outputs(handed.get("outputs") or {})
+    return dict(envelope.outputs)
+
+
+def _stage(d: Delivery, entries: Sequence[Entry]) -> dict[str, Any]:
+    """Put the attempt's assets where only it writes; return the record's ``outputs``."""
+    outputs: dict[str, Any] = {}
+    budget = INLINE_MAX
+    for entry in entries:
+        name = str(entry.key)
+        with open_body(entry.body, f"asset {name!r}") as prepared:
+            doc: dict[str, Any] = {"content_type": entry.content_type, "meta": entry.metadata,
+                                   "stage": d.status}
+            if isinstance(prepared.body, bytes) and len(prepared.body) <= budget:
+                budget -= len(prepared.body)
+                doc["inline"] = base64.b64encode(prepared.body).decode("ascii")
+            else:
+                d.ctx.store.put(keys.staging_key(d.id, d.status, d.attempt_id, name), prepared.body,
+                                entry.metadata, entry.content_type)
+                doc["staged"] = True
+            doc["size"], doc["sha256"] = prepared.size, prepared.sha256
+        outputs[name] = doc
+    return outputs
+
+
+def _discard(d: Delivery, outputs: Mapping[str, Any]) -> None:
+    for name, doc in outputs.items():
+        if doc.get("staged"):
+            d.ctx.store.delete(keys.staging_key(d.id, d.status, d.attempt_id, name))
+
+
+def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool) -> dict[str, Any]:
+    """Write the record's own outputs to ``out/<id>/`` (leaving published ones alone), remove the
+    stage's staging, and mark the record published; return the record as it now stands.
+
+    A staged output that is gone and not published fails the job instead (never a completed job
+    whose outputs cannot be read)."""
+    store, status = d.ctx.store, str(record.get("status"))
+    attempt = str(record.get("attempt_id", ""))
+    if record.get("published") is not False:
+        if sweep:
+            _sweep(d, keys.staging_prefix(d.id, status))
+        return record
+    lost: list[str] = []
+    for name, doc in dict(record.get("outputs") or {}).items():
+        if doc.get("stage") not in (None, status):
+            continue  # an earlier stage's output, published by that stage
+        target = keys.output_key(d.id, name)
+        if _exists(store, target):
+            continue
+        if "inline" in doc:
+            store.put(target, base64.b64decode(doc["inline"]), doc.get("meta") or {}, doc["content_type"])
+            continue
+        try:
+            store.copy(keys.staging_key(d.id, status, attempt, name), target)
+        except NotFound:
+            if not _exists(store, target):  # else another finisher published it meanwhile
+                lost.append(name)
+    _sweep(d, keys.staging_prefix(d.id, status, "" if sweep else attempt))
+    if lost:
+        return _fail_lost(d, key, record, lost)
+    return records.mark_published(store, key, record)
+
+
+def _sweep(d: Delivery, prefix: str) -> None:
+    for left in d.ctx.store.list(prefix):
+        d.ctx.store.delete(left.key)
+
+
+def _fail_lost(d: Delivery, key: str, record: dict[str, Any], lost: list[str]) -> dict[str, Any]:
+    logger.error("job %s: staged outputs %s are gone; the job is recorded failed", d.id, lost)
+    error = (f"outputs {', '.join(map(repr, lost))} of the winning attempt were removed from the "
+             "store before they were published; run the job again (redrive or resubmit)")
+    kept = {n: o for n, o in (record.get("outputs") or {}).items() if n not in lost}
+    failed = {**record, "state": "failed", "error": error, "outputs": kept, "published": True,
+              "next": None, "updated": time.time()}
+    store = d.ctx.store
+    final = keys.record_key(d.id, "final")
+    if key == final:
+        records.rewrite(store, final, failed)
+        return failed
+    winner = records.claim(store, final, failed)
+    records.rewrite(store, key, {**record, "published": True, "lost": lost})
+    return failed if winner is None else winner
+
+
+def _exists(store: Any, key: str) -> bool:
+    try:
+        store.head(key)
+    except NotFound:
+        return False
+    return True
+
+
+def public_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The outputs as readers (and the next pipeline stage) see them."""
+    return {
+        name: {k: doc[k] for k in ("size", "sha256", "content_type", "stage") if k in doc}
+        for name, doc in outputs.items()
+    }
+
+
+# -- consequences ---------------------------------------------------------------------------------
+
+
+def _consequences(d: Delivery, record: Mapping[str, Any]) -> None:
+    """Hand on or notify, dead-letter a failed job's message, then acknowledge the delivery."""
+    ctx = d.ctx
+    nxt = record.get("next")
+    notice = None
+    if nxt is not None:
+        hand_on(ctx, d.envelope, str(nxt), record)
+    else:
+        notice = notice_for(ctx, d.envelope, record)
+    if record.get("dead"):
+        ctx.queues.send(ctx.dead_letters, wrap_dead(d.message.body, d.status, str(record["dead"])))
+    _acknowledge(d, notice)
+
+
+def hand_on(ctx: Context, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
+    """Send the job on to the stage ``status``: the same record always makes the same message."""
+    records.write_queued(ctx.store, envelope.job, status, float(record["created"]), float(record["updated"]))
+    ctx.queues.send(ctx.status_queue(status), ctx.seal(encode(next_stage(envelope, status, record))))
+
+
+def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> Envelope:
+    """The envelope that hands a job on to ``status`` after the stage that wrote ``record``."""
+    source = record.get("input")
+    outputs = public_outputs(record.get("outputs") or {})
+    handed = Envelope(
+        job=envelope.job, key=envelope.key, status=status, sent=float(record["created"]),
+        meta=envelope.meta, input=None if source is None else str(source), outputs=outputs,
+        body=envelope.body if source is None else None, after=str(record["status"]),
+    )
+    if len(encode(handed).encode("utf-8")) <= MESSAGE_ROOM:
+        return handed
+    asset = None if source is None else str(source).removeprefix(keys.output_prefix(envelope.job))
+    kept = {asset: outputs[asset]} if asset in outputs else {}
+    return replace(handed, outputs=kept, partial=True)
+
+
+def notice_for(ctx: Context, envelope: Envelope, record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The completion notice of a finished job, ``(queue, body)``; None without a ``completed``
+    status (or for a job that ran in it)."""
+    if "completed" not in ctx.statuses or envelope.status == "completed":
+        return None
+    error = record.get("error")
+    notice = Envelope(
+        job=envelope.job, key=envelope.key, status="completed", sent=time.time(), meta=envelope.meta,
+        kind="notice", state=str(record["state"]),
+        error=None if error is None else str(error)[:NOTICE_ERROR_MAX],
+        outputs=public_outputs(record.get("outputs") or {}),
+    )
+    text = encode(notice)
+    if len(text.encode("utf-8")) > NOTICE_MAX:  # the record lists them all
+        text = encode(replace(notice, outputs={}, partial=True))
+    return ctx.status_queue("completed"), ctx.seal(text)
+
+
+def _acknowledge(d: Delivery, notice: tuple[str, str] | None) -> None:
+    """Send the notice, then delete the delivery (both through the worker's outbox if any)."""
+    if d.acknowledged:
+        return
+    d.acknowledged = True
+    if d.outbox is not None:
+        d.outbox.put(Finished(d.queue, d.message.receipt, *(notice or ())))
+        return
+    if notice is not None:
+        d.ctx.queues.send(*notice)
+    try:
+        d.ctx.queues.delete(d.queue, d.message.receipt)
+    except (InvalidReceipt, NotFound):
+        logger.info("job %s: this delivery was already gone", d.id)
+
+
+def acknowledge(d: Delivery) -> None:
+    """Delete the delivery now (the seed's at-most-once ``Job.acknowledge()``)."""
+    d.ctx.queues.delete(d.queue, d.message.receipt)
+    d.acknowledged = True
+
+
+# -- retries and releases ------------------------------------------------------------------------
+
+
+def release(d: Delivery, delay_s: int = 0) -> None:
+    """Give the delivery back, visible again after ``delay_s`` seconds: a retry, or a worker
+    letting go. Its ``progress`` record goes, so the job does not look taken while it waits."""
+    if d.progress_recorded:
+        try:
+            records.clear_progress(d.ctx.store, d.id)
+            d.progress_recorded = False
+        except Exception as exc:  # noqa: BLE001 - the release matters more than the record
+            logger.warning("job %s: could not clear its progress record: %s", d.id, exc)
+    try:
+        d.ctx.queues.change_visibility(d.queue, d.message.receipt, delay_s)
+    except (InvalidReceipt, NotFound):
+        logger.info("job %s: the delivery was already gone when released", d.id)
+
+
+def reopen(ctx: Context, job_id: str, status: str, body: str) -> None:
+    """Send a dead-lettered job back to ``status`` to run again (a redrive): its outcome and
+    progress are removed and its stage may be started by the new message."""
+    records.reopen(ctx.store, job_id)
+    records.forget_start(ctx.store, job_id, status)
+    records.write_queued(ctx.store, job_id, status, decode(body).sent, time.time())
+    ctx.queues.send(ctx.status_queue(status), ctx.seal(signing.strip(body)))
+
+
+# -- jobs the queue dead-lettered by itself --------------------------------------------------------
+
+
+def settle_dead_letter(ctx: Context, message: Message) -> bool:
+    """Record the outcome of a job its queue moved to the dead-letter queue by itself (it was
+    delivered ``max_attempts`` times and no attempt recorded an outcome: the worker stopped
+    during every one). Returns True if the message was such a job and is now settled (it stays
+    in the dead-letter queue, wrapped with the reason, for ``redrive()``)."""
+    letter = unwrap_dead(message.body, message.message_id, message.receive_count)
+    if letter.source is not None or letter.job is None or letter.status not in ctx.statuses:
+        return False  # wrapped by remotejob already (settled, refused or failed), or not a job
+    try:
+        if ctx.signing is not None:
+            ctx.signing.verify(letter.body, check_age=False)
+        envelope = decode(letter.body)
+    except EnvelopeError:
+        return False
+    if envelope.kind != "job":
+        return False
+    store = ctx.store
+    final = records.read(store, keys.record_key(envelope.job, "final"))
+    reason = final.get("error") if final is not None else None
+    if final is None:
+        progress = records.read_progress(store, envelope.job) or {}
+        last = ""
+        if progress.get("worker"):
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(progress.get("started") or 0)))
+            last = f"; last worker {progress['worker']}, started at {when}"
+        reason = (f"dead-lettered after {ctx.max_attempts} deliveries: the worker stopped during every "
+                  f"attempt (it crashed, was killed, or ran past its visibility timeout){last}")
+        now = time.time()
+        record = {"job": envelope.job, "state": "failed", "status": envelope.status, "created": envelope.sent,
+                  "updated": now, "started": progress.get("started"), "error": reason,
+                  "outputs": dict(envelope.outputs), "worker": progress.get("worker"),
+                  "attempt": ctx.max_attempts, "attempt_id": f"dead-{message.message_id}",
+                  "published": True, "dead": reason}
+        winner = records.claim(store, keys.record_key(envelope.job, "final"), record)
+        if winner is None:
+            records.clear_progress(store, envelope.job)
+            notice = notice_for(ctx, envelope, record)
+            if notice is not None:
+                ctx.queues.send(*notice)
+            logger.warning("job %s: %s", envelope.job, reason)
+        else:
+            reason = winner.get("error")
+    ctx.queues.send(ctx.dead_letters, wrap_dead(letter.body, keys.queue_name(ctx.name, envelope.status),
+                                                str(reason or "dead-lettered")))
+    ctx.queues.delete(ctx.dead_letters, message.receipt)
+    return True

@@ -1,0 +1,277 @@
+"""The status records under ``jobs/<job-id>/`` and the batch manifests under ``batches/``: the only
+code that reads or writes them.
+
+- ``queued``: created once by a submit or trigger with a chosen key (a job id runs once); rewritten
+  when a pipeline hands the job on or a redrive sends it back, so it names the status it waits in;
+- ``progress``: a running attempt (worker, attempt, started), written at its first heartbeat (so
+  short jobs never pay for it), at once by ``Queue.next()``, and at once on a job's last allowed
+  delivery (so a job that kills its worker can say which worker it was);
+- ``final``: the job's outcome, created once by the attempt that wins the claim (see
+  ``lifecycle.py``), naming that attempt and each output with its SHA-256 and size;
+- ``handoff-<status>``: a pipeline stage's outcome, created once like ``final``;
+- ``start-<status>``: which message may run a pipeline stage after the first (see
+  :func:`claim_start`);
+- ``batches/<batch-id>``: one submit's manifest, standing for its generated ids'
+  ``queued`` records.
+
+:func:`status` reads ``final`` first, so a finished job never looks unfinished; then whichever of
+``progress`` and ``queued`` was written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import keys
+from .backends.base import ObjectStore
+from .errors import AlreadyExists, BackendUnavailable, NotFound, RemoteJobError, UncertainResult
+from .status import STATES, JobStatus, Output
+
+logger = logging.getLogger(__name__)
+
+_JSON = "application/json"
+CLAIM_TRIES = 5
+"""How often a create-once write is tried while its outcome cannot be read back."""
+
+
+def encode(doc: Mapping[str, Any]) -> bytes:
+    """Serialise a status record."""
+    return json.dumps({"v": 1, **doc}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def read(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """The record at ``key``, or None if there is none."""
+    try:
+        with store.get(key) as obj:
+            doc = json.loads(obj.read())
+    except NotFound:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _put(store: ObjectStore, key: str, doc: Mapping[str, Any]) -> None:
+    """Overwrite a record; a lost reply is retried (the same bytes twice are harmless)."""
+    body = encode(doc)
+    for attempt in range(CLAIM_TRIES):
+        try:
+            store.put(key, body, content_type=_JSON)
+            return
+        except UncertainResult:
+            if attempt == CLAIM_TRIES - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def create_queued(store: ObjectStore, job_id: str, status: str, now: float) -> None:
+    """Create the ``queued`` record of a job whose caller chose its id, once.
+
+    Raises:
+        AlreadyExists: the job id was submitted or triggered before (a job id runs once).
+    """
+    record = {"job": job_id, "state": "pending", "status": status, "created": now, "updated": now}
+    if claim(store, keys.record_key(job_id, "queued"), record, owner="created") is None:
+        return
+    raise AlreadyExists(
+        f"job {job_id!r} was triggered before, and a job id runs once: store the input under "
+        "a new key (store() without 'key' makes one) to run it again"
+    )
+
+
+def forget_queued(store: ObjectStore, job_id: str) -> None:
+    """Remove a ``queued`` record whose job was never sent."""
+    store.delete(keys.record_key(job_id, "queued"))
+
+
+def write_queued(store: ObjectStore, job_id: str, status: str, created: float, updated: float) -> None:
+    """Say the job waits in ``status`` (a hand-on or a redrive); the same arguments write the
+    same bytes, so a repeated hand-on changes nothing."""
+    _put(store, keys.record_key(job_id, "queued"),
+         {"job": job_id, "state": "pending", "status": status, "created": created, "updated": updated})
+
+
+def write_progress(
+    store: ObjectStore, job_id: str, status: str, created: float, started: float, worker: str, attempt: int
+) -> None:
+    """Record a running attempt of a job: where it runs, which delivery, since when."""
+    _put(store, keys.record_key(job_id, "progress"), {
+        "job": job_id,
+        "state": "inprogress",
+        "status": status,
+        "created": created,
+        "updated": time.time(),
+        "started": started,
+        "worker": worker,
+        "attempt": attempt,
+    })
+
+
+def clear_progress(store: ObjectStore, job_id: str) -> None:
+    """Remove the ``progress`` record: the job waits again (a retry, a release, a redrive)."""
+    store.delete(keys.record_key(job_id, "progress"))
+
+
+def read_progress(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
+    """The ``progress`` record of a job, or None."""
+    return read(store, keys.record_key(job_id, "progress"))
+
+
+def claim(
+    store: ObjectStore, key: str, record: Mapping[str, Any], owner: str = "attempt_id"
+) -> dict[str, Any] | None:
+    """Create the record at ``key`` once; return None if this write won, else the record that did.
+
+    A write whose reply was lost is tried again; if the record is then found, its ``owner`` field
+    tells whether it was this write. A record that exists but cannot be read back (a concurrent
+    write still settling, or it was removed in between) is tried a bounded number of times.
+
+    Raises:
+        BackendUnavailable: the outcome could not be settled (the caller's delivery comes back).
+    """
+    body = encode(record)
+    for attempt in range(CLAIM_TRIES):
+        try:
+            store.put(key, body, content_type=_JSON, if_absent=True)
+            return None
+        except (AlreadyExists, UncertainResult):
+            existing = read(store, key)
+        if existing is not None:
+            return None if existing.get(owner) == record.get(owner) else existing
+        time.sleep(0.05 * 2**attempt)
+    raise BackendUnavailable(f"could not settle the create-once record {key!r}: try again later")
+
+
+def mark_published(store: ObjectStore, key: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite a claimed record as published (its outputs are readable); return it."""
+    done = {**record, "published": True}
+    _put(store, key, done)
+    return done
+
+
+def rewrite(store: ObjectStore, key: str, record: Mapping[str, Any]) -> None:
+    """Replace a claimed record (only its winner, or a finisher acting for it, does this)."""
+    _put(store, key, record)
+
+
+def reopen(store: ObjectStore, job_id: str) -> None:
+    """Remove a job's outcome and progress so it can run again (a redrive of a failed job)."""
+    store.delete(keys.record_key(job_id, "final"))
+    store.delete(keys.record_key(job_id, "progress"))
+
+
+def claim_start(store: ObjectStore, job_id: str, status: str, message_id: str) -> bool:
+    """Let one message run the pipeline stage ``status`` of a job: True for the first message to
+    ask (and for that message's redeliveries), False for another copy of the hand-on."""
+    record = {"job": job_id, "status": status, "message": message_id, "created": time.time()}
+    return claim(store, keys.start_key(job_id, status), record, owner="message") is None
+
+
+def forget_start(store: ObjectStore, job_id: str, status: str) -> None:
+    """Let a new message run a pipeline stage (a redrive sends the job back as a new message)."""
+    store.delete(keys.start_key(job_id, status))
+
+
+def write_manifest(
+    store: ObjectStore, batch_id: str, count: int, status: str, now: float, *, if_absent: bool,
+    missing: Sequence[int] = (),
+) -> None:
+    """Write the manifest of a submitted batch: its first ``count`` generated ids are jobs, but
+    for the ``missing`` ones (not sent)."""
+    doc: dict[str, Any] = {"v": 1, "batch": batch_id, "jobs": count, "state": "pending",
+                           "status": status, "created": now, "updated": now}
+    if missing:
+        doc["missing"] = sorted(missing)
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    store.put(keys.batch_key(batch_id), body, content_type=_JSON, if_absent=if_absent)
+
+
+def delete_manifest(store: ObjectStore, batch_id: str) -> None:
+    """Remove a batch's manifest: none of its jobs was sent."""
+    store.delete(keys.batch_key(batch_id))
+
+
+def status(store: ObjectStore, name: str, job_id: str) -> JobStatus:
+    """Where a job stands, from its records (see the module docstring).
+
+    Raises:
+        NotFound: no job with this id was ever submitted.
+    """
+    final = _get(store, keys.record_key(job_id, "final"))
+    if final is not None:
+        return decode_status(job_id, final)
+    found = [
+        decode_status(job_id, raw)
+        for raw in (_get(store, keys.record_key(job_id, r)) for r in ("progress", "queued"))
+        if raw is not None
+    ]
+    if found:
+        return max(found, key=lambda s: s.updated)
+    batched = keys.parse_batch_job(job_id)
+    if batched is not None:
+        raw = _get(store, keys.batch_key(batched[0]))
+        pending = None if raw is None else decode_manifest(job_id, batched[1], raw)
+        if pending is not None:
+            return pending
+    raise NotFound(f"no job {job_id!r} in {name!r}: it was never submitted")
+
+
+def _get(store: ObjectStore, key: str) -> bytes | None:
+    try:
+        with store.get(key) as obj:
+            return obj.read()
+    except NotFound:
+        return None
+
+
+def decode_status(job_id: str, raw: bytes) -> JobStatus:
+    """Parse a status record into a :class:`JobStatus`.
+
+    Raises:
+        RemoteJobError: the record is not one of ours.
+    """
+    try:
+        doc = json.loads(raw)
+        assets = {
+            name: Output(name, int(a["size"]), str(a["sha256"]), str(a["content_type"]))
+            for name, a in doc.get("outputs", {}).items()
+        }
+        state = doc["state"]
+        if doc.get("published") is False:
+            state = "inprogress"  # the outcome is settled; its outputs are being published
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        return JobStatus(
+            id=job_id,
+            state=state,
+            status=str(doc["status"]),
+            created=float(doc["created"]),
+            updated=float(doc["updated"]),
+            error=doc.get("error"),
+            outputs=list(assets),
+            assets=assets,
+            worker=doc.get("worker"),
+            attempt=doc.get("attempt"),
+            started=doc.get("started"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc
+
+
+def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
+    """The pending status of the ``index``-th job of a batch manifest; None if it has no such job.
+
+    Raises:
+        RemoteJobError: the manifest is not one of ours.
+    """
+    try:
+        doc = json.loads(raw)
+        count, missing = doc["jobs"], doc.get("missing", [])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RemoteJobError(f"batch manifest of job {job_id!r} is corrupt: {exc}") from exc
+    if not isinstance(count, int) or index >= count or index in missing:
+        return None
+    return decode_status(job_id, raw)
+
