@@ -13,6 +13,7 @@ from .envelope import DeadLetter
 from .errors import (
     AlreadyExists,
     BackendUnavailable,
+    BatchPartlyFailed,
     ConfigError,
     EnvelopeError,
     IntegrityError,
@@ -23,7 +24,9 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     RemoteJobError,
+    UncertainResult,
     UnknownStatus,
+    VisibilityLimit,
     WaitTimeout,
 )
 from .job import Job
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExists",
     "BackendUnavailable",
+    "BatchPartlyFailed",
     "ConfigError",
     "DeadLetter",
     "EnvelopeError",
@@ -53,7 +57,9 @@ __all__ = [
     "Queue",
     "RemoteJobError",
     "StoredObject",
+    "UncertainResult",
     "UnknownStatus",
+    "VisibilityLimit",
     "WaitTimeout",
     "Worker",
     "__version__",

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, unique
+from tests.faults import Faults, FaultyQueues, FaultyStore
 
 
 def _stored_keys(q: remotejob.Queue) -> list[str]:
@@ -159,21 +160,32 @@ def test_unusable_embedded_home_is_backend_unavailable(tmp_path: Path) -> None:
         q.submit({"body": b"x"})
 
 
+def _faulty(backend: BackendSetup) -> tuple[remotejob.Queue, Faults]:
+    faults = Faults()
+    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
+                          queues=FaultyQueues(backend.make_queues(), faults))
+    return q, faults
+
+
 def test_failed_trigger_leaves_no_input(backend: BackendSetup) -> None:
-    q = backend.connect()
-    q.message_queue = _BrokenQueue(q.message_queue)
+    q, faults = _faulty(backend)
+    faults.fail("queue.send_batch", remotejob.BackendUnavailable("cannot reach broken://"))
     with pytest.raises(remotejob.BackendUnavailable):
         q.submit({"body": io.BytesIO(b"x" * 10)})
     assert _stored_keys(q) == []  # no input, no record, no batch manifest
 
 
 def test_a_batch_cut_short_keeps_only_the_jobs_sent(backend: BackendSetup) -> None:
-    q = backend.connect()
+    q, faults = _faulty(backend)
     q.init()
-    q.message_queue = _BrokenQueue(q.message_queue, working_sends=1)
-    with pytest.raises(remotejob.BackendUnavailable):
+    sends = iter(range(100))
+    faults.fail("queue.send_batch", remotejob.BackendUnavailable("cannot reach broken://"),
+                match=lambda *a, **k: next(sends) >= 1, times=100)
+    with pytest.raises(remotejob.BatchPartlyFailed) as caught:
         q.submit_many({"body": f"job {i}"} for i in range(15))
 
+    assert sorted(caught.value.done) == list(range(10))
+    assert sorted(caught.value.failed) == list(range(10, 15))
     [manifest] = _stored_keys(q)
     batch_id = manifest.removeprefix("batches/")
     assert [q.status(f"{batch_id}-{i}").state for i in range(10)] == ["pending"] * 10
@@ -182,23 +194,3 @@ def test_a_batch_cut_short_keeps_only_the_jobs_sent(backend: BackendSetup) -> No
             q.status(f"{batch_id}-{unsent}")
 
 
-class _BrokenQueue:
-    """A queue backend whose sends fail, as an unreachable SQS would (the real one behind it
-    still answers everything else)."""
-
-    def __init__(self, inner: Any, working_sends: int = 0) -> None:
-        self._inner = inner
-        self._working_sends = working_sends
-        self.location = "broken://"
-
-    def send(self, *args: object, **kwargs: object) -> str:
-        raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
-
-    def send_batch(self, *args: Any, **kwargs: Any) -> list[str]:
-        if self._working_sends > 0:
-            self._working_sends -= 1
-            return self._inner.send_batch(*args, **kwargs)  # type: ignore[no-any-return]
-        raise remotejob.BackendUnavailable("cannot reach broken://: check the network")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)

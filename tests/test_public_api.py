@@ -10,6 +10,7 @@ def test_all_names() -> None:
         [
             "AlreadyExists",
             "BackendUnavailable",
+            "BatchPartlyFailed",
             "ConfigError",
             "DeadLetter",
             "EnvelopeError",
@@ -27,7 +28,9 @@ def test_all_names() -> None:
             "Queue",
             "RemoteJobError",
             "StoredObject",
+            "UncertainResult",
             "UnknownStatus",
+            "VisibilityLimit",
             "WaitTimeout",
             "Worker",
             "__version__",

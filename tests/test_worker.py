@@ -4,6 +4,7 @@ effectively-once completion and stopping. Process-level crashes are in test_work
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -14,10 +15,10 @@ from typing import Any
 import pytest
 
 import remotejob
-from remotejob import completion, keys
-from remotejob.bodies import parse_entry
+from remotejob import keys
 from remotejob.errors import AlreadyExists, ConfigError, JobFailed
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, unique
+from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -248,38 +249,38 @@ def test_a_late_duplicate_loses_and_the_winner_stands(backend: BackendSetup) -> 
 
 
 def test_a_claim_whose_reply_was_lost_is_recognised_as_ours(backend: BackendSetup) -> None:
-    store = backend.make_store()
-    record = {"job": "j", "state": "completed", "attempt_id": "a1"}
-    other = {"job": "j", "state": "failed", "attempt_id": "a2"}
+    faults = Faults()
+    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
+                          queues=FaultyQueues(backend.make_queues(), faults), visibility_timeout=30)
+    job_id = q.submit({"body": b"x"})
+    faults.lose_reply("store.put", match="/final")  # applied, but the worker never hears so
 
-    assert completion.claim(store, "jobs/j/final", record) is None
-    assert completion.claim(store, "jobs/j/final", record) is None  # the retry after a lost reply
-    winner = completion.claim(store, "jobs/j/final", other)
-    assert winner is not None and winner["attempt_id"] == "a1"
+    assert q.work(lambda job: [{"key": "output", "body": b"done"}], burst=True, handle_signals=False) == 1
+
+    st = q.wait(job_id, timeout=5)
+    assert st.state == "completed" and st.outputs == ["output"]
+    assert q.output(job_id, "output", sha256=st.assets["output"].sha256).read() == b"done"
 
 
 def test_redelivery_after_a_crash_past_the_claim_publishes_without_rerunning(backend: BackendSetup) -> None:
-    q = connect(backend, visibility_timeout=30)
+    faults = Faults()
+    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
+                          queues=FaultyQueues(backend.make_queues(), faults), visibility_timeout=1)
     job_id = q.submit({"body": b"crash"})
-    crashed = q.next("pending", timeout=5)
-    assert crashed is not None
-    # The first attempt staged and claimed, then died before publishing or deleting its message.
-    entries = [parse_entry({"key": "output", "body": b"x" * 70_000}, "asset")]
-    outputs = completion.stage(q.object_store, job_id, crashed.attempt_id, entries)
-    for doc in outputs.values():
-        doc["stage"] = "pending"
-    record = {"job": job_id, "state": "completed", "status": "pending", "created": crashed.created,
-              "updated": time.time(), "outputs": outputs, "attempt": 1, "attempt_id": crashed.attempt_id}
-    assert completion.claim(q.object_store, keys.record_key(job_id, "final"), record) is None
-    crashed.release(0)
+    # The first attempt stages and claims, then dies before publishing or deleting its message.
+    faults.crash("store.put", match="/final")
     runs: list[str] = []
 
-    def must_not_run(job: remotejob.Job) -> None:
+    def handler(job: remotejob.Job) -> list[dict[str, Any]]:
         runs.append(job.id)
+        return [{"key": "output", "body": b"x" * 70_000}]
 
-    q.work(must_not_run, burst=True, handle_signals=False)
+    with contextlib.suppress(Crash):
+        q.work(handler, burst=True, handle_signals=False)
+    faults.revive()
+    q.work(handler, burst=True, handle_signals=False)
 
-    assert runs == []
+    assert runs == [job_id]
     assert q.retrieve("out", f"{job_id}/output").read() == b"x" * 70_000
     assert list(q.object_store.list(f"jobs/{job_id}/attempts/")) == []
     notice = q.next("completed", timeout=5)
