@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 

@@ -278,7 +278,8 @@ def test_redelivery_after_a_crash_past_the_claim_publishes_without_rerunning(bac
     with contextlib.suppress(Crash):
         q.work(handler, burst=True, handle_signals=False)
     faults.revive()
-    q.work(handler, burst=True, handle_signals=False)
+    with running(remotejob.Worker(q, handler, handle_signals=False)):
+        assert q.wait(job_id, timeout=30).state == "completed"
 
     assert runs == [job_id]
     assert q.retrieve("out", f"{job_id}/output").read() == b"x" * 70_000
