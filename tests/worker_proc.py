@@ -13,6 +13,12 @@ so a test can check the published bytes whichever attempt won.
 ``--die-in-publish`` makes the process exit (status 9) right after it wins a job's claim, before
 it publishes the assets (the claim's write is applied, nothing after it).
 
+``--handler exit|sigkill|abort`` ends the whole process on every attempt, after the ``start``
+line (and the sleep): ``os._exit(DIE_STATUS)``, a SIGKILL the process sends itself, or a native
+crash (``os.abort()``, SIGABRT, without a core file), as a handler that is OOM-killed or crashes a
+native library would. ``--dead-letter-check SECONDS`` passes ``dead_letter_check`` to the Worker
+(omitted: the Worker's default).
+
 Exit status mirrors ``remotejob worker``: 0 when ``run()`` returns, except that a worker stopped
 at once with handlers still running (``Worker.interrupted``) leaves with ``os._exit(130)`` so
 those handler threads cannot keep the process alive.
@@ -24,6 +30,7 @@ import argparse
 import hashlib
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -34,6 +41,10 @@ import remotejob
 
 BIG_SIZE = 200 * 1024
 """The size of the ``big`` asset: above the 64 KiB that travel inside a record, so it is staged."""
+DIE_STATUS = 17
+"""The exit status of ``--handler exit``."""
+DEATHS = ("exit", "sigkill", "abort")
+"""Handlers that end the process on every attempt."""
 
 
 def expected_outputs(data: bytes) -> dict[str, bytes]:
@@ -83,6 +94,8 @@ def make_handler(args: argparse.Namespace) -> Callable[[remotejob.Job], list[dic
         log.line("start", job.id, pid, job.receive_count)
         seconds = args.sleep if args.sleep_max is None else sleep_seconds(job.id, args.sleep, args.sleep_max)
         pause(seconds)
+        if args.handler in DEATHS:
+            die(args.handler, job)
         if args.handler == "flaky" and job.receive_count <= args.fail_attempts:
             log.line("fail", job.id, pid, job.receive_count)
             raise RuntimeError(f"flaky: attempt {job.receive_count} fails on purpose")
@@ -90,6 +103,22 @@ def make_handler(args: argparse.Namespace) -> Callable[[remotejob.Job], list[dic
         return [{"key": name, "body": body} for name, body in expected_outputs(data).items()]
 
     return handler
+
+
+def die(how: str, job: remotejob.Job) -> None:
+    """End this process from inside a handler, as ``--handler`` says."""
+    logging.getLogger("worker_proc").warning("handler dying (%s) on job %s, delivery %d", how, job.id,
+                                             job.receive_count)
+    sys.stderr.flush()
+    if how == "exit":
+        os._exit(DIE_STATUS)
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash, not a core file per attempt
+        os.abort()
+    time.sleep(60)  # a signal to oneself may land a moment after os.kill() returns
+    os._exit(99)  # never reached unless the signal was lost: fail the test's exit-code check
 
 
 class DieAfterClaim:
@@ -123,7 +152,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--grace", type=float, default=30.0)
     parser.add_argument("--retry-delay", type=float, default=0.0)
-    parser.add_argument("--handler", choices=("sleep", "flaky"), default="sleep")
+    parser.add_argument("--handler", choices=("sleep", "flaky", *DEATHS), default="sleep",
+                        help="sleep: complete; flaky: fail the first attempts; exit, sigkill, abort: "
+                             "end the process on every attempt")
     parser.add_argument("--sleep", type=float, default=0.0,
                         help="seconds each execution sleeps (the low end with --sleep-max)")
     parser.add_argument("--sleep-max", type=float, default=None,
@@ -133,6 +164,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log", required=True, help="executions log, appended to")
     parser.add_argument("--die-in-publish", action="store_true",
                         help="exit at once (status 9) when a claim this process won starts publishing")
+    parser.add_argument("--dead-letter-check", type=float, default=None, metavar="SECONDS",
+                        help="the Worker's dead_letter_check (omitted: its default)")
     return parser.parse_args(argv)
 
 
@@ -160,9 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.die_in_publish:
         q.context.store = DieAfterClaim(q.context.store)
+    options: dict[str, Any] = {}
+    if args.dead_letter_check is not None:
+        options["dead_letter_check"] = args.dead_letter_check
     worker = remotejob.Worker(
         q, make_handler(args), concurrency=args.concurrency, grace_period=args.grace,
-        retry_delay=args.retry_delay, max_retry_delay=max(args.retry_delay, 900.0),
+        retry_delay=args.retry_delay, max_retry_delay=max(args.retry_delay, 900.0), **options,
     )
     started.append(worker)
     if early_stop:
