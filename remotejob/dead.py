@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from . import keys, lifecycle, records
 from .backends.base import Message
 from .context import Context
-from .envelope import DeadLetter, unwrap_dead
+from .envelope import DeadLetter, unwrap_dead, wrap_dead
 from .errors import EnvelopeError, RemoteJobError
 from .signing import REASONS
 
@@ -60,20 +60,30 @@ def _release(ctx: Context, messages: list[Message]) -> None:
             logger.warning("could not make listed dead letters visible again: %s", exc)
 
 
-def _settled(ctx: Context, messages: Iterator[Message]) -> Iterator[Message]:
-    """The dead letters, with jobs the queue moved by itself settled first (recorded failed and
-    re-sent wrapped: such a message is replaced, so it is not yielded; its wrapped copy is
-    listed next time)."""
-    for message in messages:
-        if not lifecycle.settle_dead_letter(ctx, message):
-            yield message
+def _settle(ctx: Context, message: Message) -> str | None:
+    """Settle a job the queue moved here by itself and replace its message with one wrapped with
+    the reason, as remotejob's own dead letters are; return the wrapped text (None: nothing to
+    settle, the message stays as it is)."""
+    settled = lifecycle.settle_dead_letter(ctx, message)
+    if settled is None:
+        return None
+    wrapped = wrap_dead(message.body, *settled)
+    ctx.queues.send(ctx.dead_letters, wrapped)
+    ctx.queues.delete(ctx.dead_letters, message.receipt)
+    return wrapped
 
 
 def list_dead(ctx: Context, limit: int | None = None) -> list[DeadLetter]:
     """Every message in the dead-letter queue (up to ``limit``), left in place."""
-    messages = list(_settled(ctx, _drain(ctx, limit)))
-    _release(ctx, messages)
-    return [unwrap_dead(m.body, m.message_id, m.receive_count) for m in messages]
+    letters: list[DeadLetter] = []
+    kept: list[Message] = []
+    for message in _drain(ctx, limit):
+        wrapped = _settle(ctx, message)
+        if wrapped is None:
+            kept.append(message)
+        letters.append(unwrap_dead(wrapped or message.body, message.message_id, message.receive_count))
+    _release(ctx, kept)
+    return letters
 
 
 def sweep(ctx: Context) -> int:
@@ -81,7 +91,7 @@ def sweep(ctx: Context) -> int:
     itself; return how many were settled. Idle workers call this now and then."""
     ctx.ensure_queues()
     messages = ctx.queues.receive(ctx.dead_letters, 10, 0, HOLD_S)
-    kept = list(_settled(ctx, iter(messages)))
+    kept = [message for message in messages if _settle(ctx, message) is None]
     _release(ctx, kept)
     return len(messages) - len(kept)
 
@@ -90,14 +100,18 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
     """Send dead-lettered jobs back to the status queues they came from; return how many.
 
     A job recorded ``failed`` is reopened (its final and progress records are removed) so it can
-    run again. Messages that are not jobs of a configured status, jobs already completed, and a
-    second dead letter of a job already sent back by this redrive, stay.
+    run again. Messages that are not jobs of a configured status and jobs already completed stay;
+    a second dead letter of a job this redrive sent back is removed.
     """
     kept: list[Message] = []
     moved: set[str] = set()
-    for message in _settled(ctx, _drain(ctx, limit)):
-        letter = unwrap_dead(message.body)
-        if letter.job is None or letter.status not in ctx.statuses or letter.job in moved:
+    for message in _drain(ctx, limit):
+        settled = lifecycle.settle_dead_letter(ctx, message)  # recorded failed: reopened below
+        letter = unwrap_dead(message.body if settled is None else wrap_dead(message.body, *settled))
+        if letter.job is not None and letter.job in moved:
+            ctx.queues.delete(ctx.dead_letters, message.receipt)  # a second copy of one sent back
+            continue
+        if letter.job is None or letter.status not in ctx.statuses:
             kept.append(message)
             continue
         if letter.reason.partition(":")[0] in REFUSED:

@@ -451,49 +451,47 @@ def reopen(ctx: Context, job_id: str, status: str, body: str) -> None:
 # -- jobs the queue dead-lettered by itself --------------------------------------------------------
 
 
-def settle_dead_letter(ctx: Context, message: Message) -> bool:
+def settle_dead_letter(ctx: Context, message: Message) -> tuple[str, str] | None:
     """Record the outcome of a job its queue moved to the dead-letter queue by itself (it was
     delivered ``max_attempts`` times and no attempt recorded an outcome: the worker stopped
-    during every one). Returns True if the message was such a job and is now settled (it stays
-    in the dead-letter queue, wrapped with the reason, for ``redrive()``)."""
+    during every one): failed, with a notice like any failed job.
+
+    Returns ``(source queue, reason)`` for such a message (the caller wraps it with the reason,
+    as remotejob's own dead letters are, or redrives it), None for any other dead letter."""
     letter = unwrap_dead(message.body, message.message_id, message.receive_count)
     if letter.source is not None or letter.job is None or letter.status not in ctx.statuses:
-        return False  # wrapped by remotejob already (settled, refused or failed), or not a job
+        return None  # wrapped by remotejob already (settled, refused or failed), or not a job
     try:
         if ctx.signing is not None:
             ctx.signing.verify(letter.body, check_age=False)
         envelope = decode(letter.body)
     except EnvelopeError:
-        return False
+        return None
     if envelope.kind != "job":
-        return False
+        return None
+    source = keys.queue_name(ctx.name, envelope.status)
     store = ctx.store
     final = records.read(store, keys.record_key(envelope.job, "final"))
-    reason = final.get("error") if final is not None else None
-    if final is None:
-        progress = records.read_progress(store, envelope.job) or {}
-        last = ""
-        if progress.get("worker"):
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(progress.get("started") or 0)))
-            last = f"; last worker {progress['worker']}, started at {when}"
-        reason = (f"dead-lettered after {ctx.max_attempts} deliveries: the worker stopped during every "
-                  f"attempt (it crashed, was killed, or ran past its visibility timeout){last}")
-        now = time.time()
-        record = {"job": envelope.job, "state": "failed", "status": envelope.status, "created": envelope.sent,
-                  "updated": now, "started": progress.get("started"), "error": reason,
-                  "outputs": dict(envelope.outputs), "worker": progress.get("worker"),
-                  "attempt": ctx.max_attempts, "attempt_id": f"dead-{message.message_id}",
-                  "published": True, "dead": reason}
-        winner = records.claim(store, keys.record_key(envelope.job, "final"), record)
-        if winner is None:
-            records.clear_progress(store, envelope.job)
-            notice = notice_for(ctx, envelope, record)
-            if notice is not None:
-                ctx.queues.send(*notice)
-            logger.warning("job %s: %s", envelope.job, reason)
-        else:
-            reason = winner.get("error")
-    ctx.queues.send(ctx.dead_letters, wrap_dead(letter.body, keys.queue_name(ctx.name, envelope.status),
-                                                str(reason or "dead-lettered")))
-    ctx.queues.delete(ctx.dead_letters, message.receipt)
-    return True
+    if final is not None:  # recorded already (by another who saw it, or the job finished)
+        return source, str(final.get("dead") or final.get("error") or "dead-lettered by its queue")
+    progress = records.read_progress(store, envelope.job) or {}
+    last = ""
+    if progress.get("worker"):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(progress.get("started") or 0)))
+        last = f"; last worker {progress['worker']}, started at {when}"
+    reason = (f"dead-lettered after {ctx.max_attempts} deliveries: the worker stopped during every "
+              f"attempt (it crashed, was killed, or ran past its visibility timeout){last}")
+    record = {"job": envelope.job, "state": "failed", "status": envelope.status, "created": envelope.sent,
+              "updated": time.time(), "started": progress.get("started"), "error": reason,
+              "outputs": dict(envelope.outputs), "worker": progress.get("worker"),
+              "attempt": ctx.max_attempts, "attempt_id": f"dead-{message.message_id}",
+              "published": True, "dead": reason}
+    winner = records.claim(store, keys.record_key(envelope.job, "final"), record)
+    if winner is not None:
+        return source, str(winner.get("dead") or winner.get("error") or reason)
+    records.clear_progress(store, envelope.job)
+    notice = notice_for(ctx, envelope, record)
+    if notice is not None:
+        ctx.queues.send(*notice)
+    logger.warning("job %s: %s", envelope.job, reason)
+    return source, reason
