@@ -77,10 +77,15 @@ def list_dead(ctx: Context, limit: int | None = None) -> list[DeadLetter]:
     """Every message in the dead-letter queue (up to ``limit``), left in place."""
     letters: list[DeadLetter] = []
     kept: list[Message] = []
+    replaced: set[str] = set()
     for message in _drain(ctx, limit):
         wrapped = _settle(ctx, message)
         if wrapped is None:
             kept.append(message)
+            if message.body in replaced:
+                continue  # the copy this listing put in place of a letter it listed already
+        else:
+            replaced.add(wrapped)
         letters.append(unwrap_dead(wrapped or message.body, message.message_id, message.receive_count))
     _release(ctx, kept)
     return letters
