@@ -32,20 +32,20 @@ POLL_S = 1
 """Long-poll wait per receive: a short poll may miss messages on SQS."""
 
 
-def _drain(ctx: Context, limit: int | None) -> Iterator[Message]:
-    """Receive every dead letter once, up to ``limit``: a snapshot by message id that ends at the
-    first message seen twice (a listing longer than HOLD_S sees its first messages again)."""
+def _drain(ctx: Context, limit: int | None, repeats: list[Message]) -> Iterator[Message]:
+    """Receive every dead letter once, up to ``limit``: a snapshot by message id that ends when a
+    receive brings nothing new. A letter seen again (a listing longer than HOLD_S sees its first
+    letters come back) is added to ``repeats``, for the caller to release with the rest."""
     ctx.ensure_queues()
     seen: set[str] = set()
     while limit is None or len(seen) < limit:
         batch = min(10, limit - len(seen)) if limit is not None else 10
         messages = ctx.queues.receive(ctx.dead_letters, batch, POLL_S, HOLD_S)
-        if not messages:
+        fresh = [m for m in messages if m.message_id not in seen]
+        repeats.extend(m for m in messages if m.message_id in seen)
+        if not fresh:
             return
-        for message in messages:
-            if message.message_id in seen:
-                _release(ctx, [message])
-                return
+        for message in fresh:
             seen.add(message.message_id)
             yield message
 
@@ -78,7 +78,7 @@ def list_dead(ctx: Context, limit: int | None = None) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
     kept: list[Message] = []
     replaced: set[str] = set()
-    for message in _drain(ctx, limit):
+    for message in _drain(ctx, limit, kept):
         wrapped = _settle(ctx, message)
         if wrapped is None:
             kept.append(message)
@@ -110,7 +110,7 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
     """
     kept: list[Message] = []
     moved: set[str] = set()
-    for message in _drain(ctx, limit):
+    for message in _drain(ctx, limit, kept):
         settled = lifecycle.settle_dead_letter(ctx, message)  # recorded failed: reopened below
         letter = unwrap_dead(message.body if settled is None else wrap_dead(message.body, *settled))
         if letter.job is not None and letter.job in moved:

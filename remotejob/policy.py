@@ -11,7 +11,9 @@ actually calls, no more:
   reads and deletes those notices.
 - **worker** (``remotejob worker``, :class:`~remotejob.Worker`): takes, extends, releases and
   deletes messages of the status queues and sends to them (the next pipeline stage, completion
-  notices); sends to the dead-letter queue but cannot read it; reads inputs, manifests, records
+  notices); sends to the dead-letter queue, and (while idle) receives from it to settle jobs the
+  queue dead-lettered by itself, replacing such a message with one wrapped with the reason; reads
+  inputs, manifests, records
   and outputs; writes only under ``jobs/`` (records, staged assets) and ``out/`` (published
   assets, copied from staging); deletes only staged assets and progress records. It cannot
   purge or delete queues, change their attributes, or write inputs.
@@ -244,7 +246,10 @@ def _worker_sqs(where: Scope) -> list[dict[str, Any]]:
         # Take, heartbeat, retry (visibility), finish (delete); hand on and notify (send).
         _allow("WorkJobs", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND],
                where.queues(*where.status_queues())),
-        _allow("DeadLetterJobs", [_SEND], where.queues(_dead(where))),
+        # Dead-letter failed jobs (send); settle jobs the queue moved there by itself (receive,
+        # give back, replace with a wrapped copy).
+        _allow("DeadLetterJobs", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND],
+               where.queues(_dead(where))),
     ]
 
 

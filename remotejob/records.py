@@ -28,6 +28,7 @@ from typing import Any
 
 from . import keys
 from .backends.base import ObjectStore
+from .envelope import sqs_safe
 from .errors import AlreadyExists, BackendUnavailable, NotFound, RemoteJobError, UncertainResult
 from .status import STATES, JobStatus, Output
 
@@ -39,8 +40,8 @@ CLAIM_TRIES = 5
 
 
 def encode(doc: Mapping[str, Any]) -> bytes:
-    """Serialise a status record."""
-    return json.dumps({"v": 1, **doc}, ensure_ascii=False, separators=(",", ":")).encode()
+    """Serialise a status record (any text, lone surrogates included, survives as an escape)."""
+    return sqs_safe(json.dumps({"v": 1, **doc}, ensure_ascii=False, separators=(",", ":"))).encode()
 
 
 def read(store: ObjectStore, key: str) -> dict[str, Any] | None:

@@ -56,8 +56,13 @@ class JobStatus:
 
 
 def error_text(error: BaseException | str) -> str:
-    """How an error is recorded: ``"ValueError: bad input"`` for an exception, else the text."""
+    """How an error is recorded: ``"ValueError: bad input"`` for an exception, else the text.
+
+    Text that is not valid Unicode (lone surrogates, e.g. from undecodable file names) is kept
+    as ``\\udc80`` escapes, so it can be logged, stored and sent anywhere."""
     if isinstance(error, BaseException):
         text = str(error)
-        return f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return str(error)
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    else:
+        text = str(error)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

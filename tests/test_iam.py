@@ -225,7 +225,8 @@ def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: P
              *secrets)
     _refused(lambda: _queue_call(queues, "changing", pending, lambda: sqs.set_queue_attributes(
         QueueUrl=url, Attributes={"MessageRetentionPeriod": "60"})), *secrets)
-    _refused(lambda: queues.receive(dead, 1, 0), *secrets)  # it may send dead letters, not read them
+    for letter_message in queues.receive(dead, 1, 0):  # it settles jobs the queue dead-lettered by itself
+        queues.change_visibility(dead, letter_message.receipt, 0)
     for outside in ("in/forged", "batches/forged", "elsewhere"):
         message = _refused(lambda key=outside: wq.object_store.put(key, b"not a worker's to write"), *secrets)
         assert "AccessDenied" in message and "iam-policy" in message
@@ -288,7 +289,7 @@ def test_policies_are_scoped_to_the_prefix_and_queues() -> None:
     assert worker["s3:DeleteObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*/attempts/*",
                                          "arn:aws:s3:::my-bucket/jobs/jobs/*/progress"}
     assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:SendMessage*"]
-    assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" not in worker["sqs:ReceiveMessage"]
+    assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:ReceiveMessage"]
     for forbidden in ("sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:CreateQueue",
                       "s3:CreateBucket", "s3:PutBucketPublicAccessBlock", "s3:*", "sqs:*"):
         assert forbidden not in worker

@@ -50,11 +50,13 @@ def _load_handler(target: str) -> Handler:
               help="Backoff before the first retry, in seconds; doubles per attempt.")
 @click.option("--grace-period", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds running jobs get to finish after SIGTERM/SIGINT.")
+@click.option("--dead-letter-check", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="While idle, settle jobs the queue dead-lettered by itself at most this often (seconds).")
 @pass_context
 def worker(
     ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
     concurrency: int, burst: bool, max_jobs: int | None, max_attempts: int, retry_delay: float,
-    grace_period: float,
+    grace_period: float, dead_letter_check: float,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -92,6 +94,7 @@ def worker(
             ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
             max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
             max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
+            dead_letter_check=dead_letter_check,
         )
         count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
