@@ -293,9 +293,7 @@ def test_submit_wait_and_fetch(backend: BackendSetup, tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("alpha")
     (tmp_path / "b.txt").write_text("bravo!")
     (tmp_path / "bad.txt").write_text("FAIL now")
-    # Set up first: on a fresh embedded home, a worker and a submit opening queues.db at the same
-    # moment sometimes fail with "database is locked" (see the report); not what this tests.
-    _ok(_cli(env, tmp_path, "init"))
+    # No `remotejob init` first: the worker and the submits open the fresh home at once.
     worker = subprocess.Popen(
         _argv(["worker", "--exec", _exec(script), "--max-jobs", "3", "--max-attempts", "1"]),
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
