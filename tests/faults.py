@@ -62,6 +62,7 @@ class _Rule:
     when: str = "before"
     exc: BaseException | Callable[[], BaseException] | None = None
     indices: frozenset[int] = frozenset()
+    pick: Callable[[list[Any]], Iterable[int]] | None = None
     code: str = "InternalError"
     until: threading.Event | None = None
     seconds: float | None = None
@@ -90,6 +91,9 @@ class Faults:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         """Every call made through the wrappers while alive: ``(op, args, kwargs)``."""
         self.dead = False
+        self.died = threading.Event()
+        """Set when a crash fires (cleared by :meth:`revive`): ``delay(op, until=faults.died)``
+        holds a call until the process dies, so it is never applied."""
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
 
@@ -104,14 +108,19 @@ class Faults:
         """Apply ``op``, then raise :class:`remotejob.errors.UncertainResult` (the reply was lost)."""
         self._add(_Rule("lose_reply", op, match, times, when="after"))
 
-    def fail_entries(self, op: str, indices: Iterable[int], *, code: str = "InternalError",
-                     match: Match = None, times: int = 1) -> None:
+    def fail_entries(self, op: str, indices: Iterable[int] | Callable[[list[Any]], Iterable[int]], *,
+                     code: str = "InternalError", match: Match = None, times: int = 1) -> None:
         """For a batch op: apply only the entries not in ``indices``, then raise
         :class:`remotejob.errors.BatchPartlyFailed` naming the failed ones (if every entry fails,
-        nothing is applied). Indices past the end of a batch are ignored."""
+        nothing is applied). Indices past the end of a batch are ignored. ``indices`` may be a
+        callable given the batch's entries (e.g. to fail one receipt wherever it appears); a call
+        where it picks none is applied as it is."""
         if op not in BATCH_OPS:
             raise ValueError(f"fail_entries needs a batch op ({', '.join(BATCH_OPS)}), not {op!r}")
-        self._add(_Rule("fail_entries", op, match, times, indices=frozenset(indices), code=code))
+        if callable(indices):
+            self._add(_Rule("fail_entries", op, match, times, pick=indices, code=code))
+        else:
+            self._add(_Rule("fail_entries", op, match, times, indices=frozenset(indices), code=code))
 
     def fail(self, op: str, exc: BaseException | Callable[[], BaseException], *, when: str = "before",
              match: Match = None, times: int = 1) -> None:
@@ -132,6 +141,7 @@ class Faults:
         """A fresh process: calls go through again (rules not yet spent stay armed)."""
         with self._lock:
             self.dead = False
+            self.died.clear()
 
     def clear(self) -> None:
         """Drop every rule not yet spent."""
@@ -161,6 +171,7 @@ class Faults:
     def _die(self) -> Crash:
         with self._lock:
             self.dead = True
+            self.died.set()
         return Crash("the process died here")
 
     def _check_alive(self, op: str) -> None:
@@ -220,7 +231,8 @@ class Faults:
     def _fail_entries(self, op: str, rule: _Rule, real: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any]) -> Any:
         queue, entries = args[0], list(args[1])
-        failed = {i: rule.code for i in range(len(entries)) if i in rule.indices}
+        chosen = rule.indices if rule.pick is None else frozenset(rule.pick(entries))
+        failed = {i: rule.code for i in range(len(entries)) if i in chosen}
         if not failed:
             result = real(queue, entries)
             self._check_alive(op)
@@ -250,10 +262,7 @@ class FaultyStore:
     def __init__(self, inner: ObjectStore, faults: Faults) -> None:
         self.inner = inner
         self.faults = faults
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
+        self.location = inner.location
 
     def ensure(self) -> None:
         self.faults.invoke("store.ensure", self.inner.ensure, (), {})
@@ -295,10 +304,7 @@ class FaultyQueues:
     def __init__(self, inner: MessageQueue, faults: Faults) -> None:
         self.inner = inner
         self.faults = faults
-
-    @property
-    def location(self) -> str:
-        return self.inner.location
+        self.location = inner.location
 
     def ensure(self, names: Sequence[str], attributes: QueueAttributes) -> None:
         # first argument is a sequence: a str match never fires on it; use a callable

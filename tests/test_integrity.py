@@ -87,3 +87,75 @@ def test_a_changed_output_byte_fails_the_next_pipeline_stage(backend: BackendSet
 
     with pytest.raises(remotejob.JobFailed, match="IntegrityError"):
         q.wait(job_id, timeout=10)
+
+
+CHUNK = 65536
+
+
+def test_a_damaged_input_read_in_chunks_raises_before_the_stream_ends(backend: BackendSetup) -> None:
+    """The guarantee: a stream with a recorded SHA-256 raises IntegrityError at its end, on the
+    read that would return EOF, so a handler that reads in chunks never sees the end of bad bytes
+    and cannot finish acting on them; the job fails."""
+    q = backend.connect(wait_time=1, max_attempts=1)
+    job_id = q.submit({"key": "chunked", "body": os.urandom(LARGE)})
+    _flip_one_byte(q, keys.input_key(job_id))
+    read: list[int] = []
+    reached_eof: list[bool] = []
+
+    def consume(job: remotejob.Job) -> list[dict[str, object]]:
+        with job.open() as stream:
+            while chunk := stream.read(CHUNK):
+                read.append(len(chunk))
+            reached_eof.append(True)
+        return [{"key": "acted", "body": b"acted on the input"}]
+
+    q.work(consume, burst=True, handle_signals=False)
+
+    assert reached_eof == [], "the read that would have returned EOF raised instead"
+    assert sum(read) < LARGE + CHUNK  # whatever came before the error, never more than the body
+    with pytest.raises(remotejob.JobFailed, match="IntegrityError.*SHA-256"):
+        q.wait(job_id, timeout=10)
+    with pytest.raises(remotejob.NotFound):
+        q.output(job_id, "acted")
+
+
+def test_a_damaged_input_downloaded_raises_and_leaves_no_file(backend: BackendSetup, tmp_path: Path) -> None:
+    q = backend.connect(wait_time=1, max_attempts=1)
+    job_id = q.submit({"key": "downloaded", "body": os.urandom(LARGE)})
+    _flip_one_byte(q, keys.input_key(job_id))
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    raised: list[BaseException] = []
+
+    def download(job: remotejob.Job) -> None:
+        try:
+            job.download(folder / "in.bin")
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    q.work(download, burst=True, handle_signals=False)
+
+    assert [type(exc) for exc in raised] == [remotejob.IntegrityError]
+    assert list(folder.iterdir()) == []  # neither the file nor a partial one
+    with pytest.raises(remotejob.JobFailed, match="IntegrityError"):
+        q.wait(job_id, timeout=10)
+
+
+def test_a_damaged_output_read_through_output_with_its_sha256_raises(backend: BackendSetup) -> None:
+    q = backend.connect(wait_time=1)
+    job_id = q.submit({"body": b"make output"})
+    q.work(lambda job: [{"key": "output", "body": os.urandom(LARGE)}], burst=True, handle_signals=False)
+    digest = q.wait(job_id, timeout=10).assets["output"].sha256
+    with q.output(job_id, "output", sha256=digest) as intact:
+        assert len(intact.read()) == LARGE
+
+    _flip_one_byte(q, keys.output_key(job_id, "output"))
+
+    with pytest.raises(remotejob.IntegrityError, match="SHA-256"):
+        q.output(job_id, "output", sha256=digest).read()
+    with pytest.raises(remotejob.IntegrityError, match="SHA-256"), \
+            q.output(job_id, "output", sha256=digest) as damaged:
+        stream = damaged.open()
+        while stream.read(CHUNK):  # read in chunks, the read that would return EOF raises
+            pass

@@ -35,16 +35,24 @@ def test_no_secret_reaches_logs_errors_records_or_messages(
            "REMOTEJOB_NAME": unique("sec"), "REMOTEJOB_STORE": backend.store_url() or "",
            "REMOTEJOB_QUEUES": backend.queues_url() or ""}
     (tmp_path / "in.txt").write_text("some input")
+    (tmp_path / "bad.txt").write_text("fail")
     script = tmp_path / "tool.sh"
-    script.write_text('env > "$2/env.txt"; echo "failing on purpose" >&2; exit 3\n')
+    # {outdir}/env.txt becomes an output of the job that succeeds: the command's environment,
+    # stored, is scanned for the canaries below (a failed job publishes no outputs)
+    script.write_text('env > "$2/env.txt"\n'
+                      'if grep -q fail "$1"; then echo "failing on purpose" >&2; exit 3; fi\n')
+
+    def run(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "remotejob", "--debug", *args], cwd=tmp_path,
+                              env={**env, **(extra or {})}, capture_output=True, text=True, timeout=120)
 
     def cli(*args: str, extra: dict[str, str] | None = None) -> str:
-        done = subprocess.run([sys.executable, "-m", "remotejob", "--debug", *args], cwd=tmp_path,
-                              env={**env, **(extra or {})}, capture_output=True, text=True, timeout=120)
+        done = run(*args, extra=extra)
         return done.stdout + done.stderr
 
-    said = [cli("submit", "in.txt", "--meta", f"note={META}")]
-    job_id = said[0].strip().splitlines()[-1]
+    submitted = [run("submit", name, "--meta", f"note={META}") for name in ("in.txt", "bad.txt")]
+    said = [done.stdout + done.stderr for done in submitted]
+    ok_id, job_id = (done.stdout.split()[-1] for done in submitted)  # stdout: the job id
     command = f"sh {script} {{input}} {{outdir}}"
     said.append(cli("worker", "--exec", command, "--burst", "--max-attempts", "1"))
     for args in (["status", job_id, "--json"], ["wait", job_id, "--timeout", "10"], ["ls"], ["stats"],
@@ -57,8 +65,12 @@ def test_no_secret_reaches_logs_errors_records_or_messages(
 
     q = remotejob.connect(env["REMOTEJOB_NAME"], store=env["REMOTEJOB_STORE"] or None,
                           queues=env["REMOTEJOB_QUEUES"] or None)
+    dumped = q.output(ok_id, "env.txt").read().decode()  # what the command saw, published
+    assert "REMOTEJOB_JOB_ID=" in dumped and "REMOTEJOB_META_NOTE=" in dumped
+    assert "REMOTEJOB_SIGNING_KEY" not in dumped and SIGNING not in dumped
+    # the rest is remotejob's own writing (the command may see AWS credentials; that is its own)
     stored = [q.object_store.get(info.key).read().decode("utf-8", "replace")
-              for info in q.object_store.list("")]
+              for info in q.object_store.list("") if not info.key.endswith("/env.txt")]
     messages = [m.body for status in (*q.statuses, keys.DEAD)
                 for m in q.message_queue.receive(keys.queue_name(q.name, status), 10, 0, visibility_s=0)]
     for canary in (SECRET, TOKEN, SIGNING):

@@ -126,3 +126,49 @@ def test_a_bad_signing_key_is_a_clear_error_that_hides_the_secret(
         backend.connect()
     secret = value.partition(":")[2]
     assert not secret or secret not in str(caught.value)
+
+
+def test_a_message_signed_in_the_future_is_refused(signed: remotejob.Queue) -> None:
+    keyring = signed.signing
+    assert keyring is not None
+    now = time.time()
+    ahead = keyring.sign(_envelope("ahead"), now=now + 3600)  # a clock an hour fast, or a forgery
+    skewed = keyring.sign(_envelope("skewed"), now=now + 60)  # within the clock skew allowed
+    for body in (ahead, skewed):
+        signed.message_queue.send(_pending(signed), body)
+
+    assert _run(signed) == ["skewed"]
+    assert dict(signed.rejected) == {"from-the-future": 1}
+    [letter] = signed.dead_letters()
+    assert letter.reason.startswith("from-the-future") and letter.job == "ahead"
+    assert signed.redrive() == 0
+
+
+def test_a_replayed_pipeline_hand_off_does_not_run_its_stage_again(
+    backend: BackendSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REMOTEJOB_SIGNING_KEY", KEY)
+    q = backend.connect(wait_time=1, visibility_timeout=5, statuses=("pending", "second", "completed"))
+    job_id = q.submit({"body": b"two stages"})
+    [message] = q.message_queue.receive(_pending(q), 1, 5, visibility_s=0)  # captured on the way
+    stages: list[tuple[str, str]] = []
+
+    def first(job: remotejob.Job) -> None:
+        stages.append(("pending", job.id))
+        job.complete(assets=[{"key": "half", "body": job.open().read() + b" (half)"}], next_status="second")
+
+    def second(job: remotejob.Job) -> list[dict[str, object]]:
+        stages.append(("second", job.id))
+        return [{"key": "done", "body": job.open().read() + b" (done)"}]
+
+    q.work(first, burst=True, handle_signals=False)
+    assert q.status(job_id).state == "pending"  # handed on: waiting in the second stage
+
+    q.message_queue.send(_pending(q), message.body)  # the first stage's message, sent again verbatim
+    q.work(first, burst=True, handle_signals=False)
+    assert stages == [("pending", job_id)] and dict(q.rejected) == {"replayed": 1}
+
+    q.work(second, status="second", burst=True, handle_signals=False)
+    assert stages == [("pending", job_id), ("second", job_id)]
+    assert q.wait(job_id, timeout=10).state == "completed"
+    assert q.output(job_id, "done").read() == b"two stages (half) (done)"

@@ -2,14 +2,17 @@
 
 A :class:`Database` gives each thread (and each forked process) its own connection to one WAL-mode
 file, with explicit ``BEGIN IMMEDIATE`` transactions, so writers from several processes serialise
-on SQLite's lock instead of failing. :func:`translate_errors` is the one place where ``sqlite3``
-and ``OSError`` failures become :class:`~remotejob.errors.BackendUnavailable`.
+on SQLite's lock instead of failing. A new file is made whole (WAL mode, schema) under a private
+name and linked into place, so no process ever opens a database that is still being set up.
+:func:`translate_errors` is the one place where ``sqlite3`` and ``OSError`` failures become
+:class:`~remotejob.errors.BackendUnavailable`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -69,6 +72,8 @@ class Database:
                     f"{planted} is a symbolic link: remotejob opens no database through a link, so "
                     "that nothing outside its folder is written; remove the link"
                 )
+        if not os.path.lexists(self.path):
+            self._create()
         # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE itself.
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
@@ -79,10 +84,39 @@ class Database:
         logger.debug("opened SQLite database %s", self.path)
         return conn
 
+    def _create(self) -> None:
+        """Make the database under a private name (WAL mode, schema) and hard-link it into place.
+
+        Switching a shared file to WAL is what made processes opening a fresh database at once
+        fail with "database is locked": the switch rewrites the file's header in a write
+        transaction that starts as a read one, and SQLite refuses at once, without its busy
+        handler, to upgrade a read lock while another connection holds the write lock (waiting
+        could deadlock). A file that appears whole never needs the switch. The first link wins;
+        a process that loses it opens the winner's file, which is as good as its own.
+        """
+        fresh = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.new")
+        try:
+            conn = sqlite3.connect(fresh, isolation_level=None)
+            try:
+                self._set_up(conn)
+            finally:
+                conn.close()  # the last connection: its WAL is checkpointed into the file
+            try:
+                os.link(fresh, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links: _set_up on the shared file retries
+                logger.debug("could not link %s into place; setting it up in place", self.path)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                fresh.with_name(fresh.name + suffix).unlink(missing_ok=True)
+
     def _set_up(self, conn: sqlite3.Connection) -> None:
-        """WAL mode and the schema. Two processes setting up a fresh file at once can get
-        SQLITE_BUSY without SQLite's busy handler being consulted (switching the journal mode,
-        or upgrading a read lock), so that is retried here until the busy timeout."""
+        """WAL mode and the schema, and any migration. A file made by :meth:`_create` is in WAL
+        mode already; one made otherwise (an empty file, a file system without hard links) is
+        switched here, and a switch that meets another process's write lock gets SQLITE_BUSY
+        without SQLite's busy handler being consulted (see :meth:`_create`), so that is retried
+        here until the busy timeout."""
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         delay = 0.005
         while True:
