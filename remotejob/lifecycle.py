@@ -110,18 +110,18 @@ def begin(d: Delivery) -> bool:
     (the leftovers are finished and the delivery dropped) or when it is a second copy of a
     hand-on whose stage another message runs (dropped)."""
     ctx = d.ctx
-    if (d.receive_count > 1 or ctx.signing is not None) and finish_if_done(d):
-        if d.receive_count == 1:
-            ctx.count_rejected("replayed")
-        logger.info("job %s was already finished; dropped its redelivery", d.id)
-        return False
     if d.envelope.after is not None and not records.claim_start(
         ctx.store, d.id, d.status, d.message.message_id
-    ):
+    ):  # first: only the copy that owns the stage may finish its leftovers
         logger.info("job %s: stage %s runs from another copy of its hand-on; dropped this one",
                     d.id, d.status)
         d.finished = True
         _acknowledge(d, notice=None)
+        return False
+    if (d.receive_count > 1 or ctx.signing is not None) and finish_if_done(d):
+        if d.receive_count == 1:
+            ctx.count_rejected("replayed")
+        logger.info("job %s was already finished; dropped its redelivery", d.id)
         return False
     if d.last_allowed:  # so that a job that kills its worker can tell which worker it was
         record_progress(d)
