@@ -185,7 +185,7 @@ def finish(
         raise AlreadyExists(
             f"job {d.id!r} was already finished by another attempt ({winner.get('state')}); its record stands"
         )
-    record = _publish(d, key, record, sweep=d.receive_count > 1)
+    record = _publish(d, key, record, sweep=d.receive_count > 1, check=False)
     _consequences(d, record)
     if record.get("next") is not None:
         return JobStatus(d.id, "pending", str(record["next"]), d.created, now)
@@ -219,7 +219,7 @@ def _settle(d: Delivery, key: str, record: dict[str, Any], *, redelivered: bool)
     hand-on: those are repeated (a notice may then come twice; a hand-on's copies run once). A
     losing duplicate of a living winner acts only if it had to finish publishing."""
     was_published = record.get("published") is not False
-    record = _publish(d, key, record, sweep=True)
+    record = _publish(d, key, record, sweep=True, check=True)
     nxt = record.get("next")
     if not (redelivered or not was_published) or (
         nxt is not None and records.read(d.ctx.store, keys.start_key(d.id, str(nxt))) is not None
@@ -271,9 +271,10 @@ def _discard(d: Delivery, outputs: Mapping[str, Any]) -> None:
             d.ctx.store.delete(keys.staging_key(d.id, d.status, d.attempt_id, name))
 
 
-def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool) -> dict[str, Any]:
-    """Write the record's own outputs to ``out/<id>/`` (leaving published ones alone), remove the
-    stage's staging, and mark the record published; return the record as it now stands.
+def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool, check: bool) -> dict[str, Any]:
+    """Write the record's own outputs to ``out/<id>/``, remove the stage's staging, and mark the
+    record published; return the record as it now stands. With ``check`` (finishing another
+    attempt's record) outputs already published are left alone.
 
     A staged output that is gone and not published fails the job instead (never a completed job
     whose outputs cannot be read)."""
@@ -288,7 +289,7 @@ def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool) -> d
         if doc.get("stage") not in (None, status):
             continue  # an earlier stage's output, published by that stage
         target = keys.output_key(d.id, name)
-        if _exists(store, target):
+        if check and _exists(store, target):
             continue
         if "inline" in doc:
             store.put(target, base64.b64decode(doc["inline"]), doc.get("meta") or {}, doc["content_type"])
@@ -298,7 +299,10 @@ def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool) -> d
         except NotFound:
             if not _exists(store, target):  # else another finisher published it meanwhile
                 lost.append(name)
-    _sweep(d, keys.staging_prefix(d.id, status, "" if sweep else attempt))
+    if sweep:  # a redelivery: what killed attempts of this stage left too
+        _sweep(d, keys.staging_prefix(d.id, status))
+    else:  # the winner's own (earlier stages' outputs carry no "staged")
+        _discard(d, record.get("outputs") or {})
     if lost:
         return _fail_lost(d, key, record, lost)
     return records.mark_published(store, key, record)
