@@ -66,12 +66,15 @@ class Delivery:
     envelope: Envelope
     message: Message
     outbox: Outbox | None = None
+    owner: object = None
+    """What the outbox hands back once it has deleted the delivery (the worker's job)."""
     attempt_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     received: float = field(default_factory=time.monotonic)
     worker: str = field(default_factory=worker_id)
     finished: bool = False
     acknowledged: bool = False
+    """The delivery was deleted, or handed to the outbox to delete."""
     progress_recorded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -409,7 +412,8 @@ def _acknowledge(d: Delivery, notice: tuple[str, str] | None) -> None:
         return
     d.acknowledged = True
     if d.outbox is not None:
-        d.outbox.put(Finished(d.queue, d.message.receipt, *(notice or ())))
+        to, body = notice if notice is not None else (None, None)
+        d.outbox.put(Finished(d.queue, d.message.receipt, to, body, owner=d.owner))
         return
     if notice is not None:
         d.ctx.queues.send(*notice)

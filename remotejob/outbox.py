@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backends.base import MessageQueue, OutgoingMessage
@@ -35,6 +36,9 @@ class Finished:
     receipt: str
     notice_queue: str | None = None
     notice: str | None = None
+    owner: object = None
+    """Handed to the outbox's ``done`` callback once this job's steps were tried (the worker
+    keeps the job's message invisible until then)."""
 
 
 class Outbox:
@@ -43,11 +47,15 @@ class Outbox:
     Args:
         queues: the message queues.
         linger_s: the longest a finished job waits before its batch is sent.
+        done: called with each job's ``owner`` once its notice and deletion were tried.
     """
 
-    def __init__(self, queues: MessageQueue, linger_s: float = LINGER_S) -> None:
+    def __init__(
+        self, queues: MessageQueue, linger_s: float = LINGER_S, done: Callable[[object], None] | None = None
+    ) -> None:
         self.queues = queues
         self.linger_s = linger_s
+        self.done = done
         self._waiting: list[Finished] = []
         self._oldest = 0.0
         self._cond = threading.Condition()
@@ -100,16 +108,22 @@ class Outbox:
                         self._cond.wait()
                 if self._closed:
                     return
-            taken = self._take()
-            try:
-                self._flush(taken)
-            except Exception:  # noqa: BLE001 - the outbox must outlive any one batch's trouble
-                logger.exception("could not finish %d jobs' notices and deletions (their messages come "
-                                 "back and are finished from their records)", len(taken))
+            self._flush(self._take())
 
     def _flush(self, jobs: list[Finished]) -> None:
         if not jobs:
             return
+        try:
+            self._steps(jobs)
+        except Exception:  # noqa: BLE001 - the outbox must outlive any one batch's trouble
+            logger.exception("could not finish %d jobs' notices and deletions (their messages come "
+                             "back and are finished from their records)", len(jobs))
+        finally:
+            if self.done is not None:
+                for job in jobs:
+                    self.done(job.owner)
+
+    def _steps(self, jobs: list[Finished]) -> None:
         unsent = self._send_notices(jobs)
         deletable = [job for job in jobs if id(job) not in unsent]
         by_queue: dict[str, list[str]] = {}

@@ -138,7 +138,8 @@ class Worker:
         self._retry_until = 0.0
         self._swept = time.monotonic()
         self._heartbeat = Heartbeat(self.ctx, queue.visibility_timeout)
-        self._outbox = Outbox(self.ctx.queues)
+        # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
+        self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -185,8 +186,8 @@ class Worker:
                 self._shut_down(receiver)
         finally:
             pool.shutdown(wait=self._stop_level == 0, cancel_futures=True)
+            self._outbox.close()  # first: finished jobs stay held until their messages are deleted
             self._heartbeat.stop()
-            self._outbox.close()
             self._restore_signals(previous)
         return self.taken - taken_before
 
@@ -277,7 +278,10 @@ class Worker:
                     self._sweep_dead_letters()
                 if not messages and self.burst and self._idle(polled_at):
                     break
-                for message in messages:
+                for index, message in enumerate(messages):
+                    if self._stop_level:  # stopped while handing these out: the rest go back
+                        self._give_back(messages[index:])
+                        break
                     try:
                         self._dispatch(message, pool)
                     except RemoteJobError as exc:  # it stays in the queue and comes back
@@ -296,6 +300,10 @@ class Worker:
             dead.sweep(self.ctx)
         except Exception as exc:  # noqa: BLE001 - a look at the dead letters must not stop the worker
             logger.warning("could not look into the dead-letter queue: %s", exc)
+
+    def _let_go_of(self, owner: object) -> None:
+        if isinstance(owner, Job):
+            self._heartbeat.release(owner)
 
     def _idle(self, polled_at: float) -> bool:
         """Nothing runs, and the empty poll began after every retry this worker delayed was due."""
@@ -319,7 +327,9 @@ class Worker:
         envelope = self.ctx.open(self.queue_name, message)
         if envelope is None:
             return
-        job = Job(Delivery(self.ctx, envelope, message, self._outbox))
+        delivery = Delivery(self.ctx, envelope, message, self._outbox)
+        job = Job(delivery)
+        delivery.owner = job
         if envelope.kind != "job":
             logger.warning("a completion notice in %s is not a job; removing it", self.queue_name)
             job.acknowledge()
@@ -347,7 +357,8 @@ class Worker:
         except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
             logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
         finally:
-            self._heartbeat.release(job)
+            if not (job.delivery.acknowledged and job.delivery.outbox is not None):
+                self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
             with self._cond:
                 self._running.pop(job, None)
                 self._cond.notify_all()
