@@ -21,6 +21,10 @@ from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
 
 NOTICE_WAIT_S = 60
 """The longest a test waits for every job's notice (it returns as soon as they are all in)."""
+VISIBILITY_S = 2
+"""For tests that count notices: the heartbeat lets go of a finished job before the outbox has
+sent its notice and deleted its message (up to 200 ms of linger and two requests), so under load
+a 1 s timeout can expire in between and deliver the job again, a second notice."""
 
 
 def _faulty(backend: BackendSetup, faults: Faults, **options: Any) -> remotejob.Queue:
@@ -105,7 +109,7 @@ def test_a_notice_that_could_not_be_sent_keeps_its_job_until_it_is_sent_once(bac
     """README: the message is deleted only after the notice is sent. A failed notice send must
     leave the job's message, so it comes back and the notice goes out then, exactly once."""
     faults = Faults()
-    q = _faulty(backend, faults, visibility_timeout=1, wait_time=1)
+    q = _faulty(backend, faults, visibility_timeout=VISIBILITY_S, wait_time=1)
     faults.fail("queue.send_batch", remotejob.BackendUnavailable("the notice send failed"),
                 match=_queue(q, "completed"))
     ids = q.submit_many([{"body": f"job {n}".encode()} for n in range(3)])
@@ -121,7 +125,28 @@ def test_a_notice_that_could_not_be_sent_keeps_its_job_until_it_is_sent_once(bac
     assert faults.fired("queue.send_batch") == 1 and not raised
     assert Counter(notices) == Counter(ids), "every job gets exactly one notice"
     assert ran == Counter(ids), "a redelivery finishes the job from its record, not by running it"
-    assert _take(q, "pending", wait_s=2) == []  # every message deleted once its notice went
+    assert _take(q, "pending", wait_s=VISIBILITY_S + 1) == []  # every message deleted, after its notice
+
+
+def test_a_slow_notice_send_does_not_repeat_the_notice(backend: BackendSetup) -> None:
+    """README: one notice per finished job; only a crash can repeat one. Here nothing crashes: the
+    notice send is slow (held past the visibility timeout, as a congested SQS call can be), and the
+    job's message must stay the worker's until it is deleted, not come back for a second notice."""
+    faults = Faults()
+    q = _faulty(backend, faults, visibility_timeout=VISIBILITY_S, wait_time=1)
+    faults.delay("queue.send_batch", seconds=VISIBILITY_S + 2, match=_queue(q, "completed"))
+    [job_id] = q.submit_many([{"body": b"slow notice"}])
+    worker = remotejob.Worker(q, lambda job: None, concurrency=2, handle_signals=False)
+    thread, raised = _start(worker.run)
+
+    notices = _notices(q, until={job_id})
+    assert _wait_until(lambda: _empty(q, "pending"))
+    worker.stop()
+    thread.join(60)
+    notices += _notices(q)
+
+    assert faults.fired("queue.send_batch") == 1 and not raised
+    assert notices == [job_id]
 
 
 # -- retries: exponential backoff with jitter, capped ------------------------------------------
@@ -272,7 +297,7 @@ def test_one_notice_per_finished_job_when_a_worker_crashes(backend: BackendSetup
     finishing jobs; a second worker (another process over the same store and queues) finishes
     them. Count the notices per job."""
     faults = Faults()
-    first = _faulty(backend, faults, visibility_timeout=1, wait_time=1)
+    first = _faulty(backend, faults, visibility_timeout=VISIBILITY_S, wait_time=1)
     CRASHES[crash](faults, first)
     ids = first.submit_many([{"body": f"job {n}".encode()} for n in range(4)])
     ran: Counter[str] = Counter()
@@ -291,7 +316,8 @@ def test_one_notice_per_finished_job_when_a_worker_crashes(backend: BackendSetup
 
     inner_store = first.object_store.inner  # type: ignore[attr-defined]
     inner_queues = first.message_queue.inner  # type: ignore[attr-defined]
-    second = remotejob.connect(first.name, store=inner_store, queues=inner_queues, visibility_timeout=1,
+    second = remotejob.connect(first.name, store=inner_store, queues=inner_queues,
+                               visibility_timeout=VISIBILITY_S,
                                wait_time=1)
     worker = remotejob.Worker(second, handler, concurrency=4, handle_signals=False)
     thread, raised = _start(worker.run)
@@ -304,7 +330,7 @@ def test_one_notice_per_finished_job_when_a_worker_crashes(backend: BackendSetup
     for job_id in ids:
         status = second.wait(job_id, timeout=10)
         assert status.state == "completed" and set(status.assets) == {"output"}
-    assert _take(second, "pending", wait_s=2) == []  # nothing left to finish, nothing to notify
+    assert _take(second, "pending", wait_s=VISIBILITY_S + 1) == []  # nothing left to finish or notify
     counts = Counter(notices)
     assert set(counts) == set(ids), "every finished job has a notice"
     if crash == "after-the-notice":  # the documented exception: a notice may repeat, once per crash
