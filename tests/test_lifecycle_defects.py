@@ -221,9 +221,9 @@ def test_the_embedded_queue_refuses_visibility_past_12_hours_from_receipt(tmp_pa
     now[0] += 11 * 3600
     queues.change_visibility("jobs", first.receipt, 3000)  # to 11 h 50 min: allowed
     with pytest.raises(remotejob.VisibilityLimit):
-        queues.change_visibility("jobs", first.receipt, 3600)
+        queues.change_visibility("jobs", first.receipt, 3601)  # to 12 h and 1 s
     with pytest.raises(remotejob.BatchPartlyFailed) as partly:
-        queues.change_visibility_batch("jobs", [(first.receipt, 3600), (second.receipt, 60)])
+        queues.change_visibility_batch("jobs", [(first.receipt, 3601), (second.receipt, 60)])
     assert partly.value.failed == {0: CAPPED}
 
 
