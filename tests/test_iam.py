@@ -193,8 +193,11 @@ def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: P
         data = job.open().read()
         if data == b"fail always" or (data == b"fail once" and job.receive_count == 1):
             raise RuntimeError(f"asked to fail ({job.receive_count})")
-        if data == b"slow":
-            time.sleep(2.2)  # past a heartbeat (a third of the 3 s visibility): extends, records progress
+        if data == b"slow":  # until a heartbeat (a third of the 3 s visibility) extended it and recorded
+            deadline = time.monotonic() + 30  # its progress, under the worker's own credentials
+            while sub.status(job.id).state != "inprogress":
+                assert time.monotonic() < deadline, "the heartbeat never recorded the job in progress"
+                time.sleep(0.05)
         out = tmp_path / f"{job.id}.out"
         out.write_bytes(data[::-1] * (200_000 // len(data) + 1))  # over 64 KiB: staged, then copied
         return [{"key": "output", "body": out}, {"key": "note", "body": b"small, inline in the record"}]

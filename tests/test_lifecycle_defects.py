@@ -15,6 +15,7 @@ import remotejob
 from remotejob import dead, keys
 from remotejob.backends.base import CAPPED
 from remotejob.backends.local import SqliteQueues
+from remotejob.outbox import Finished, Outbox
 from tests.conftest import BackendSetup, unique
 from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
 
@@ -284,3 +285,19 @@ def test_a_worker_runs_again_after_it_returned(backend: BackendSetup) -> None:
     assert [q.wait(j, timeout=5).state for j in (first, second)] == ["completed", "completed"]
     assert worker.taken == 2
     assert keys.queue_name(q.name, "pending") == q.queue_name("pending")
+
+
+def test_a_closed_outbox_still_sends_and_deletes_what_it_is_given(backend: BackendSetup) -> None:
+    q = backend.connect()
+    q.init()
+    pending, completed = q.queue_name("pending"), q.queue_name("completed")
+    q.message_queue.send(pending, "finished late")
+    [message] = q.message_queue.receive(pending, 1, 1, 60)
+    outbox = Outbox(q.message_queue)
+    outbox.start()
+    outbox.close()
+    outbox.put(Finished(pending, message.receipt, completed, "its notice"))  # a handler that ran late
+
+    assert [m.body for m in q.message_queue.receive(completed, 10, 1)] == ["its notice"]
+    depth = q.message_queue.depth(pending)
+    assert (depth.waiting, depth.in_flight) == (0, 0)

@@ -400,7 +400,7 @@ def local(q: Queues, backend: BackendSetup) -> Queues:
 
 
 def test_stale_receipt_deletes_nothing_and_cannot_change_visibility(local: Queues) -> None:
-    # moto accepts any old receipt of a message (see DESIGN.md), so this holds only here.
+    # moto accepts any old receipt of a message (see docs/architecture.md), so this holds only here.
     [name] = local.make("stale")
     local.api.send(name, "x")
     [first] = local.api.receive(name, visibility_s=1)

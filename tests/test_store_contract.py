@@ -242,7 +242,7 @@ def test_if_absent_creates_once(store: Any) -> None:
 
 def test_if_absent_has_one_winner_among_concurrent_writers(backend: BackendSetup, store: Any) -> None:
     if backend.kind == "aws":
-        pytest.skip("moto's conditional put is check-then-act, not atomic (see DESIGN.md)")
+        pytest.skip("moto's conditional put is check-then-act, not atomic (see docs/architecture.md)")
     winners: list[int] = []
     losers: list[int] = []
     start = threading.Barrier(8)
