@@ -29,12 +29,9 @@ from .bodies import BodyLike, Entry, Prepared, open_body, parse_entry
 from .context import Context
 from .envelope import Envelope, encode
 from .errors import BatchPartlyFailed, NotFound, RemoteJobError, UncertainResult
-from .limits import MAX_MESSAGE_BYTES
+from .limits import MAX_MESSAGE_BYTES, send_batches
 
 logger = logging.getLogger(__name__)
-
-BATCH = 10
-"""SendMessageBatch's entry limit."""
 
 INLINE_ENVELOPE_MAX = MAX_MESSAGE_BYTES - 16 * 1024
 """An input travels inline when its whole message is at most this size: the queues' maximum
@@ -135,20 +132,6 @@ def _small_body(body: BodyLike) -> bytes | None:
     return None
 
 
-def _batches(jobs: list[_Job]) -> list[list[int]]:
-    """Indices of ``jobs`` in send batches: ten entries and 256 KiB at most each."""
-    batches: list[list[int]] = []
-    size = 0
-    for i, job in enumerate(jobs):
-        length = len(job.message.encode("utf-8"))
-        if not batches or len(batches[-1]) >= BATCH or size + length > MAX_MESSAGE_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(i)
-        size += length
-    return batches
-
-
 def _send(
     ctx: Context, name: str, status: str, now: float, jobs: list[_Job], batch_id: str | None
 ) -> list[str]:
@@ -163,7 +146,7 @@ def _send(
     failed: dict[int, str] = {}
     uncertain: dict[int, str] = {}
     error: BaseException | None = None
-    for batch in _batches(jobs):
+    for batch in send_batches([job.message for job in jobs]):
         if error is not None:
             failed.update({i: "not sent" for i in batch})
             continue

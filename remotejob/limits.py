@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .errors import ConfigError, InvalidKey, MetadataError, PayloadTooLarge
 
@@ -203,6 +203,21 @@ def validate_batch(count: int, what: str = "batch") -> None:
         raise ValueError(f"{what} is empty: give at least one entry")
     if count > MAX_BATCH:
         raise PayloadTooLarge(f"{what} has {count} entries; SQS allows {MAX_BATCH}: split it")
+
+
+def send_batches(bodies: Sequence[str]) -> list[list[int]]:
+    """Indices of ``bodies`` grouped into SendMessageBatch requests: at most ten entries and
+    ``MAX_MESSAGE_BYTES`` of bodies each, in order."""
+    batches: list[list[int]] = []
+    size = 0
+    for index, body in enumerate(bodies):
+        length = len(body.encode("utf-8"))
+        if not batches or len(batches[-1]) >= MAX_BATCH or size + length > MAX_MESSAGE_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(index)
+        size += length
+    return batches
 
 
 def validate_wait(seconds: float) -> float:

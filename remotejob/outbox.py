@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .backends.base import MessageQueue, OutgoingMessage
 from .errors import BatchPartlyFailed, InvalidReceipt, NotFound, RemoteJobError
-from .limits import MAX_MESSAGE_BYTES
+from .limits import send_batches
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ class Outbox:
                 by_queue.setdefault(job.notice_queue, []).append(job)
         unsent: set[int] = set()
         for queue, noticed in by_queue.items():
-            for batch in _batches(noticed):
+            for indices in send_batches([str(job.notice) for job in noticed]):
+                batch = [noticed[i] for i in indices]
                 try:
                     self.queues.send_batch(queue, [OutgoingMessage(str(job.notice)) for job in batch])
                 except BatchPartlyFailed as exc:
@@ -161,16 +162,3 @@ class Outbox:
                     unsent.update(id(job) for job in batch)
         return unsent
 
-
-def _batches(jobs: list[Finished]) -> list[list[Finished]]:
-    """Split into batches of at most ten entries and the queue's maximum size."""
-    batches: list[list[Finished]] = []
-    size = 0
-    for job in jobs:
-        length = len(str(job.notice).encode("utf-8"))
-        if not batches or len(batches[-1]) >= BATCH or size + length > MAX_MESSAGE_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(job)
-        size += length
-    return batches

@@ -14,8 +14,9 @@ Tests isolate by unique names (bucket prefixes, queue names), never by flushing 
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,19 @@ def seaweedfs_server() -> Iterator[servers.Server]:
     server = servers.start_seaweedfs()
     yield server
     server.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0,
+               what: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` every 0.02 s until it returns something truthy; return that. ``what``
+    (or what it returns, read at the timeout) says what was awaited."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            awaited = what if isinstance(what, str) else what()
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {awaited}")
+        time.sleep(0.02)
+    return result
 
 
 def unique(prefix: str = "t") -> str:

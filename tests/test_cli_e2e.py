@@ -15,14 +15,13 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import BackendSetup, unique
+from tests.conftest import BackendSetup, unique, wait_until
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,11 +196,7 @@ def _expected(data: bytes) -> bytes:
 
 def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
     """Poll ``predicate`` until it returns something truthy (return that) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-    return result
+    return wait_until(predicate, timeout, what)
 
 
 def _pending_depth(stats: dict[str, Any], name: str) -> dict[str, Any]:

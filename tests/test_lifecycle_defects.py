@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from remotejob import dead, keys
 from remotejob.backends.base import CAPPED
 from remotejob.backends.local import SqliteQueues
 from remotejob.outbox import Finished, Outbox
-from tests.conftest import BackendSetup, unique
+from tests.conftest import BackendSetup, unique, wait_until
 from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
 
 
@@ -25,14 +24,6 @@ def faulty(backend: BackendSetup, **options: Any) -> tuple[remotejob.Queue, Faul
     q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
                           queues=FaultyQueues(backend.make_queues(), faults), **options)
     return q, faults
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager

@@ -25,12 +25,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, wait_until
 from tests.worker_proc import DIE_STATUS, expected_outputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,20 +45,6 @@ DIE_AFTER_S = 1.5
 timeout), which records the job ``inprogress`` with the worker's host:pid, so the error can name it
 (a worker that dies sooner leaves no trace of itself)."""
 PREFIX = f"dead-lettered after {MAX_ATTEMPTS} deliveries"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
-    """Poll ``predicate`` every 0.05 s until it returns something truthy; return that. ``what``
-    (or what it returns, read at the timeout) says what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            awaited = what if isinstance(what, str) else what()
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {awaited}")
-        time.sleep(0.05)
 
 
 @dataclass

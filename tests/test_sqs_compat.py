@@ -10,28 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 import remotejob
 from remotejob.backends.aws import S3Store, SqsQueues
-from tests.conftest import BackendSetup, unique
+from tests.conftest import BackendSetup, unique, wait_until
 from tests.proxy import Headers, Proxy, Request, RequestHeaders, sqs_action
 
 AWS_ONLY = pytest.mark.parametrize("backend", ["aws"], indirect=True)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` every 0.05 s until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 class WithoutReceiveCount:

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,16 +17,8 @@ import pytest
 import remotejob
 from remotejob import keys
 from remotejob.errors import AlreadyExists, ConfigError, JobFailed
-from tests.conftest import BackendSetup, unique
+from tests.conftest import BackendSetup, unique, wait_until
 from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @contextmanager

@@ -23,35 +23,22 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import remotejob
 from remotejob import keys
 from remotejob.errors import JobFailed, WaitTimeout
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, wait_until
 from tests.worker_proc import expected_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = ("big", "output")
 HEARTBEAT_JOB_S = 6.0
 """The heartbeat test's job: three visibility timeouts of 2 s (10 s would add 12 s per run)."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` every 0.05 s until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
