@@ -276,3 +276,29 @@ def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
         return None
     return decode_status(job_id, raw)
 
+
+
+def recent_jobs(store: ObjectStore) -> list[str]:
+    """Every job id in the store, most recently updated first (``remotejob ls``)."""
+    latest: dict[str, float] = {}
+    for info in store.list("jobs/"):
+        segment, _, record = info.key[len("jobs/"):].partition("/")
+        if segment and (record in keys.RECORDS or record.startswith("handoff-")):
+            job_id = keys.job_from_segment(segment)
+            latest[job_id] = max(latest.get(job_id, 0.0), info.modified)
+    for info in store.list("batches/"):  # batched jobs that have no record yet
+        raw = _get(store, info.key)
+        batch_id = info.key[len("batches/"):]
+        for index in _manifest_jobs(raw or b"{}"):
+            latest.setdefault(keys.batch_job_id(batch_id, index), info.modified)
+    return sorted(latest, key=lambda job_id: latest[job_id], reverse=True)
+
+
+def _manifest_jobs(raw: bytes) -> list[int]:
+    """The indices of a manifest's jobs (those sent); none for a manifest that is not ours."""
+    try:
+        doc = json.loads(raw)
+        count, missing = doc["jobs"], set(doc.get("missing", []))
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [i for i in range(count) if i not in missing] if isinstance(count, int) else []

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import remotejob
 from tests.conftest import BackendSetup, unique
+from tests.faults import Faults, FaultyQueues
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,6 +144,24 @@ def test_ls_lists_batched_jobs_before_they_run(backend: BackendSetup, tmp_path: 
     assert listed.returncode == 0, listed.stderr
     docs = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted((d["id"], d["state"]) for d in docs) == sorted((i, "pending") for i in ids)
+
+
+def test_ls_leaves_out_the_jobs_of_a_batch_that_were_not_sent(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    plain = _connect(env)
+    faults = Faults()
+    q = remotejob.Queue(plain.name, plain.object_store, FaultyQueues(plain.message_queue, faults))
+    sends = iter(range(100))
+    faults.fail("queue.send_batch", remotejob.BackendUnavailable("unreachable"),
+                match=lambda *a, **k: next(sends) >= 1, times=100)
+    with pytest.raises(remotejob.BatchPartlyFailed) as partly:
+        q.submit_many({"body": f"job {i}"} for i in range(12))
+
+    listed = _cli(env, tmp_path, "ls", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    docs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(d["id"] for d in docs) == sorted(partly.value.done.values())
 
 
 def test_stats_probe_measures_requests_and_dollars_per_job(backend: BackendSetup, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import keys
+from .. import records
 from ..bodies import copy_to_file
 from ..errors import NotFound, WaitTimeout
 from ..queue import Queue
@@ -29,8 +28,6 @@ from .app import (
     progress,
     table,
 )
-
-RECORDS = ("queued", "progress", "final")
 
 
 @main.command()
@@ -319,31 +316,6 @@ def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def recent_jobs(q: Queue) -> list[str]:
-    """Every job id in the store, most recently updated first."""
-    latest: dict[str, float] = {}
-    for info in q.object_store.list("jobs/"):
-        segment, _, record = info.key[len("jobs/"):].partition("/")
-        if segment and (record in RECORDS or record.startswith("handoff-")):
-            job_id = keys.job_from_segment(segment)
-            latest[job_id] = max(latest.get(job_id, 0.0), info.modified)
-    for info in q.object_store.list("batches/"):  # batched jobs that have no record yet
-        with q.object_store.get(info.key) as obj:
-            count = _batch_size(obj.read())
-        batch_id = info.key[len("batches/"):]
-        for index in range(count):
-            latest.setdefault(keys.batch_job_id(batch_id, index), info.modified)
-    return sorted(latest, key=lambda job_id: latest[job_id], reverse=True)
-
-
-def _batch_size(raw: bytes) -> int:
-    try:
-        count = json.loads(raw)["jobs"]
-    except (ValueError, KeyError, TypeError):
-        return 0
-    return count if isinstance(count, int) else 0
-
-
 @main.command(name="ls")
 @click.option("--state", type=click.Choice(["pending", "inprogress", "completed", "failed"]), default=None,
               help="Only jobs in this state.")
@@ -360,7 +332,7 @@ def ls(ctx: Context, state: str | None, limit: int, as_json: bool) -> None:
     with ctx.errors():
         q = ctx.connect()
         found: list[JobStatus] = []
-        for job_id in recent_jobs(q):
+        for job_id in records.recent_jobs(q.object_store):
             try:
                 st = q.status(job_id)
             except NotFound:
