@@ -75,6 +75,8 @@ class Delivery:
     finished: bool = False
     acknowledged: bool = False
     """The delivery was deleted, or handed to the outbox to delete."""
+    in_outbox: bool = False
+    """It was handed to the outbox, which hands ``owner`` back once it deleted it."""
     progress_recorded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -413,6 +415,7 @@ def _acknowledge(d: Delivery, notice: tuple[str, str] | None) -> None:
     d.acknowledged = True
     if d.outbox is not None:
         to, body = notice if notice is not None else (None, None)
+        d.in_outbox = True
         d.outbox.put(Finished(d.queue, d.message.receipt, to, body, owner=d.owner))
         return
     if notice is not None:

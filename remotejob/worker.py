@@ -357,7 +357,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
             logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
         finally:
-            if not (job.delivery.acknowledged and job.delivery.outbox is not None):
+            if not job.delivery.in_outbox:
                 self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
             with self._cond:
                 self._running.pop(job, None)

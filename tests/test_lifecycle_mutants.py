@@ -4,12 +4,35 @@ checked, on every backend."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, unique
+from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
+
+
+def faulty(backend: BackendSetup, **options: Any) -> tuple[remotejob.Queue, Faults]:
+    faults = Faults()
+    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
+                          queues=FaultyQueues(backend.make_queues(), faults), **options)
+    return q, faults
+
+
+@contextlib.contextmanager
+def running(worker: remotejob.Worker) -> Iterator[None]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop"
 
 
 def test_a_redriven_later_pipeline_stage_runs_again_and_completes(backend: BackendSetup) -> None:
@@ -52,3 +75,41 @@ def test_a_redriven_later_pipeline_stage_runs_again_and_completes(backend: Backe
     assert st.state == "completed" and sorted(st.outputs) == ["resized", "thumb"]
     assert q.retrieve("out", f"{job_id}/thumb").read() == b"picture-resized-thumb"
     assert q.dead_letters() == []
+
+
+def test_a_pipeline_stage_whose_staged_output_was_lost_fails_the_job_and_hands_nothing_on(
+    backend: BackendSetup,
+) -> None:
+    """A stage that claimed its hand-on, then died before publishing a staged output that is gone
+    when its redelivery finishes it: the job is recorded failed (never a job whose outputs cannot
+    be read), the next stage never runs, and one failed notice is sent."""
+    q, faults = faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1)
+    job_id = q.submit({"body": b"picture"})
+
+    def resize(job: remotejob.Job) -> None:
+        job.complete(assets=[{"key": "resized", "body": b"r" * 100_000}], next_status="thumbnail")
+
+    faults.crash("store.put", match="/handoff-pending")  # claimed, then died before publishing
+    with contextlib.suppress(Crash):
+        q.work(resize, burst=True, handle_signals=False)
+    faults.revive()
+    staged = [info.key for info in q.object_store.list(f"jobs/{job_id}/attempts/")]
+    assert len(staged) == 1
+    q.object_store.delete(staged[0])
+
+    ran: list[str] = []
+    worker = remotejob.Worker(q, resize, handle_signals=False)
+    with running(worker), pytest.raises(remotejob.JobFailed) as failed:
+        q.wait(job_id, timeout=30, poll=0.2)
+    assert "'resized'" in failed.value.error and "removed" in failed.value.error
+    assert q.status(job_id).state == "failed"
+    with pytest.raises(remotejob.NotFound):
+        q.output(job_id, "resized")
+
+    assert q.work(lambda job: ran.append(job.id), status="thumbnail", burst=True, handle_signals=False) == 0
+    assert ran == []
+    noticed = []
+    while (notice := q.next("completed", timeout=2)) is not None:
+        noticed.append((notice.id, notice.state))
+        notice.acknowledge()
+    assert noticed == [(job_id, "failed")]
