@@ -82,12 +82,14 @@ def test_a_pipeline_stage_whose_staged_output_was_lost_fails_the_job_and_hands_n
 ) -> None:
     """A stage that claimed its hand-on, then died before publishing a staged output that is gone
     when its redelivery finishes it: the job is recorded failed (never a job whose outputs cannot
-    be read), the next stage never runs, and one failed notice is sent."""
+    be read) listing the outputs that were published and only those, the next stage never runs,
+    and one failed notice is sent."""
     q, faults = faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1)
     job_id = q.submit({"body": b"picture"})
 
     def resize(job: remotejob.Job) -> None:
-        job.complete(assets=[{"key": "resized", "body": b"r" * 100_000}], next_status="thumbnail")
+        job.complete(assets=[{"key": "resized", "body": b"r" * 100_000}, {"key": "note", "body": b"n"}],
+                     next_status="thumbnail", next_input="resized")
 
     faults.crash("store.put", match="/handoff-pending")  # claimed, then died before publishing
     with contextlib.suppress(Crash):
@@ -102,7 +104,9 @@ def test_a_pipeline_stage_whose_staged_output_was_lost_fails_the_job_and_hands_n
     with running(worker), pytest.raises(remotejob.JobFailed) as failed:
         q.wait(job_id, timeout=30, poll=0.2)
     assert "'resized'" in failed.value.error and "removed" in failed.value.error
-    assert q.status(job_id).state == "failed"
+    st = q.status(job_id)
+    assert st.state == "failed" and sorted(st.outputs) == ["note"]  # only what can be read is listed
+    assert q.output(job_id, "note", sha256=st.assets["note"].sha256).read() == b"n"
     with pytest.raises(remotejob.NotFound):
         q.output(job_id, "resized")
 
