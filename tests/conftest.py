@@ -13,7 +13,9 @@ Tests isolate by unique names (bucket prefixes, queue names), never by flushing 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -67,6 +69,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0,
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {awaited}")
         time.sleep(0.02)
     return result
+
+
+@contextlib.contextmanager
+def running(worker: Any) -> Iterator[threading.Thread]:
+    """Run a ``remotejob.Worker`` on a thread; stop it (gracefully) and join it on exit."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the worker did not stop"
 
 
 def unique(prefix: str = "t") -> str:

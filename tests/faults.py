@@ -351,3 +351,16 @@ class FaultyQueues:
 
     def purge(self, queue: str) -> None:
         self.faults.invoke("queue.purge", self.inner.purge, (queue,), {})
+
+
+def connect_faulty(backend: Any, faults: Faults | None = None, **options: Any) -> tuple[Any, Faults]:
+    """``remotejob.connect()`` on a test's backend setting (a ``conftest.BackendSetup``) with its
+    store and queues wrapped, under a unique name; returns the Queue and its :class:`Faults`."""
+    import remotejob
+    from tests.conftest import unique
+
+    faults = Faults() if faults is None else faults
+    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
+                          queues=FaultyQueues(backend.make_queues(), faults), **options)
+    return q, faults
+

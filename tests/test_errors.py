@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup, unique
-from tests.faults import Faults, FaultyQueues, FaultyStore
+from tests.conftest import BackendSetup
+from tests.faults import connect_faulty
 
 
 def _stored_keys(q: remotejob.Queue) -> list[str]:
@@ -159,15 +159,8 @@ def test_unusable_embedded_home_is_backend_unavailable(tmp_path: Path) -> None:
         q.submit({"body": b"x"})
 
 
-def _faulty(backend: BackendSetup) -> tuple[remotejob.Queue, Faults]:
-    faults = Faults()
-    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
-                          queues=FaultyQueues(backend.make_queues(), faults))
-    return q, faults
-
-
 def test_failed_trigger_leaves_no_input(backend: BackendSetup) -> None:
-    q, faults = _faulty(backend)
+    q, faults = connect_faulty(backend)
     faults.fail("queue.send_batch", remotejob.BackendUnavailable("cannot reach broken://"))
     with pytest.raises(remotejob.BackendUnavailable):
         q.submit({"body": io.BytesIO(b"x" * 10)})
@@ -175,7 +168,7 @@ def test_failed_trigger_leaves_no_input(backend: BackendSetup) -> None:
 
 
 def test_a_batch_cut_short_keeps_only_the_jobs_sent(backend: BackendSetup) -> None:
-    q, faults = _faulty(backend)
+    q, faults = connect_faulty(backend)
     q.init()
     sends = iter(range(100))
     faults.fail("queue.send_batch", remotejob.BackendUnavailable("cannot reach broken://"),

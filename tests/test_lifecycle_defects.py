@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,27 +14,8 @@ from remotejob import dead, keys
 from remotejob.backends.base import CAPPED
 from remotejob.backends.local import SqliteQueues
 from remotejob.outbox import Finished, Outbox
-from tests.conftest import BackendSetup, unique, wait_until
-from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
-
-
-def faulty(backend: BackendSetup, **options: Any) -> tuple[remotejob.Queue, Faults]:
-    faults = Faults()
-    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
-                          queues=FaultyQueues(backend.make_queues(), faults), **options)
-    return q, faults
-
-
-@contextlib.contextmanager
-def running(worker: remotejob.Worker) -> Iterator[None]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "the worker did not stop"
+from tests.conftest import BackendSetup, running, unique, wait_until
+from tests.faults import Crash, connect_faulty
 
 
 def echo(job: remotejob.Job) -> list[dict[str, Any]]:
@@ -62,7 +42,7 @@ def test_a_second_submit_of_a_key_changes_nothing_of_the_first(backend: BackendS
 
 
 def test_a_keyed_submit_whose_send_fails_leaves_nothing(backend: BackendSetup) -> None:
-    q, faults = faulty(backend)
+    q, faults = connect_faulty(backend)
     faults.fail("queue.send_batch", remotejob.BackendUnavailable("unreachable"))
     with pytest.raises(remotejob.BackendUnavailable):
         q.submit({"key": "k1", "body": b"x" * 300_000})
@@ -74,7 +54,7 @@ def test_a_keyed_submit_whose_send_fails_leaves_nothing(backend: BackendSetup) -
 
 
 def test_a_staged_output_lost_before_publishing_fails_the_job(backend: BackendSetup) -> None:
-    q, faults = faulty(backend, visibility_timeout=1)
+    q, faults = connect_faulty(backend, visibility_timeout=1)
     job_id = q.submit({"body": b"x"})
     faults.crash("store.put", match="/final")  # claimed, then died before publishing
     with contextlib.suppress(Crash):
@@ -154,7 +134,7 @@ def test_error_text_sqs_refuses_and_thousands_of_outputs_still_finish(backend: B
 
 
 def test_a_heartbeat_in_flight_does_not_cut_a_retry_short(backend: BackendSetup) -> None:
-    q, faults = faulty(backend, visibility_timeout=3, max_attempts=2)
+    q, faults = connect_faulty(backend, visibility_timeout=3, max_attempts=2)
     job_id = q.submit({"body": b"x"})
     beating, proceed = threading.Event(), threading.Event()
     faults.delay("queue.change_visibility_batch", match=lambda _q, entries: entries[0][1] > 0,
@@ -178,7 +158,7 @@ def test_a_heartbeat_in_flight_does_not_cut_a_retry_short(backend: BackendSetup)
 
 
 def test_a_capped_heartbeat_entry_stops_being_extended_and_the_others_go_on(backend: BackendSetup) -> None:
-    q, faults = faulty(backend, visibility_timeout=3)
+    q, faults = connect_faulty(backend, visibility_timeout=3)
     q.submit({"body": b"a"})
     q.submit({"body": b"b"})
     started = threading.Barrier(3)
@@ -225,7 +205,7 @@ def test_the_embedded_queue_refuses_visibility_past_12_hours_from_receipt(tmp_pa
 def test_listing_a_dead_letter_queue_ends_and_lists_each_letter_once(
     backend: BackendSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    q, faults = faulty(backend)
+    q, faults = connect_faulty(backend)
     q.init()
     for i in range(12):
         q.message_queue.send(q.context.dead_letters, f"not a job {i}")
@@ -257,7 +237,7 @@ def test_a_retried_job_does_not_look_taken(backend: BackendSetup) -> None:
 
 
 def test_a_claim_that_cannot_be_settled_is_left_to_the_next_delivery(backend: BackendSetup) -> None:
-    q, faults = faulty(backend, visibility_timeout=1)
+    q, faults = connect_faulty(backend, visibility_timeout=1)
     job_id = q.submit({"body": b"x"})
     faults.fail("store.put", remotejob.AlreadyExists("conflict"), match="/final", times=5)
     q.work(echo, max_jobs=1, handle_signals=False)  # no RecursionError: it gives up, logs, goes on

@@ -5,34 +5,13 @@ checked, on every backend."""
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup, unique
-from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
-
-
-def faulty(backend: BackendSetup, **options: Any) -> tuple[remotejob.Queue, Faults]:
-    faults = Faults()
-    q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
-                          queues=FaultyQueues(backend.make_queues(), faults), **options)
-    return q, faults
-
-
-@contextlib.contextmanager
-def running(worker: remotejob.Worker) -> Iterator[None]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "the worker did not stop"
+from tests.conftest import BackendSetup, running
+from tests.faults import Crash, connect_faulty
 
 
 def test_a_redriven_later_pipeline_stage_runs_again_and_completes(backend: BackendSetup) -> None:
@@ -84,7 +63,7 @@ def test_a_pipeline_stage_whose_staged_output_was_lost_fails_the_job_and_hands_n
     when its redelivery finishes it: the job is recorded failed (never a job whose outputs cannot
     be read) listing the outputs that were published and only those, the next stage never runs,
     and one failed notice is sent."""
-    q, faults = faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1)
+    q, faults = connect_faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1)
     job_id = q.submit({"body": b"picture"})
 
     def resize(job: remotejob.Job) -> None:

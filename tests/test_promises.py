@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup, unique
-from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
+from tests.conftest import BackendSetup
+from tests.faults import Crash, Faults, connect_faulty
 
 NOTICE_WAIT_S = 60
 """The longest a test waits for every job's notice (it returns as soon as they are all in)."""
@@ -29,8 +29,8 @@ a 1 s timeout can expire in between and deliver the job again, a second notice."
 
 def _faulty(backend: BackendSetup, faults: Faults, **options: Any) -> remotejob.Queue:
     """A job system whose store and queues go through ``faults``' rules."""
-    return remotejob.connect(unique("p"), store=FaultyStore(backend.make_store(), faults),
-                             queues=FaultyQueues(backend.make_queues(), faults), **options)
+    q: remotejob.Queue = connect_faulty(backend, faults, **options)[0]
+    return q
 
 
 def _queue(q: remotejob.Queue, status: str) -> str:

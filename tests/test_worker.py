@@ -8,8 +8,6 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,21 +15,8 @@ import pytest
 import remotejob
 from remotejob import keys
 from remotejob.errors import AlreadyExists, ConfigError, JobFailed
-from tests.conftest import BackendSetup, unique, wait_until
+from tests.conftest import BackendSetup, running, unique, wait_until
 from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
-
-
-@contextmanager
-def running(worker: remotejob.Worker) -> Iterator[threading.Thread]:
-    """Run ``worker`` on a thread; stop it (gracefully) and join it on exit."""
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "the worker did not stop"
 
 
 def connect(backend: BackendSetup, **options: Any) -> remotejob.Queue:
