@@ -107,11 +107,6 @@ class Context:
         self.ensure_queues()
         return keys.queue_name(self.name, status)
 
-    def next_status(self, status: str) -> str | None:
-        """The status after ``status`` in pipeline order, or None for the last."""
-        index = self.statuses.index(status)
-        return self.statuses[index + 1] if index + 1 < len(self.statuses) else None
-
     def seal(self, text: str) -> str:
         """A message as sent: signed when this job system has signing keys."""
         return text if self.signing is None else self.signing.sign(text)
