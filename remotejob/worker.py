@@ -134,6 +134,7 @@ class Worker:
         self._released: set[Job] = set()
         self._cond = threading.Condition()
         self._stop_level = 0
+        self._stopping = threading.Event()  # cuts the receiver's long poll short where it can be
         self._receiving = False
         self._retry_until = 0.0
         self._swept = time.monotonic()
@@ -170,6 +171,7 @@ class Worker:
         with self._cond:
             self._stop_level = 0
             self._released.clear()
+        self._stopping.clear()
         previous = self._install_signals()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
         self._heartbeat.start()
@@ -183,6 +185,7 @@ class Worker:
                 while self._stop_level == 0 and (self._receiving or self._running):
                     self._cond.wait(0.2)
             if self._stop_level:
+                self._stopping.set()
                 self._shut_down(receiver)
         finally:
             pool.shutdown(wait=self._stop_level == 0, cancel_futures=True)
@@ -263,7 +266,7 @@ class Worker:
                 polled_at = time.time()
                 try:
                     messages = self.ctx.queues.receive(
-                        self.queue_name, free, wait, self.ctx.visibility_timeout
+                        self.queue_name, free, wait, self.ctx.visibility_timeout, self._stopping
                     )
                 except RemoteJobError as exc:
                     logger.error("cannot receive from %s: %s; retrying in %s s", self.queue_name, exc,

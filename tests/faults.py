@@ -321,8 +321,8 @@ class FaultyQueues:
         return result
 
     def receive(self, queue: str, max_messages: int = 1, wait_s: float = 0,
-                visibility_s: int | None = None) -> list[Message]:
-        kwargs: dict[str, Any] = {"max_messages": max_messages, "wait_s": wait_s}
+                visibility_s: int | None = None, cancel: threading.Event | None = None) -> list[Message]:
+        kwargs: dict[str, Any] = {"max_messages": max_messages, "wait_s": wait_s, "cancel": cancel}
         if visibility_s is not None:
             kwargs["visibility_s"] = visibility_s
         result: list[Message] = self.faults.invoke("queue.receive", self.inner.receive, (queue,), kwargs)

@@ -333,3 +333,19 @@ def test_bad_worker_options_are_config_errors(backend: BackendSetup) -> None:
         connect(backend, max_attempts=0)
     with pytest.raises(remotejob.UnknownStatus):
         remotejob.Worker(q, upper, status="nope")
+
+
+def test_an_idle_embedded_worker_stops_without_waiting_out_its_long_poll(backend: BackendSetup) -> None:
+    if backend.kind != "embedded":
+        pytest.skip("an SQS long poll cannot be cut short: a stopping worker waits it out")
+    from tests.faults import connect_faulty
+
+    q, faults = connect_faulty(backend, wait_time=20)
+    q.init()
+    worker = remotejob.Worker(q, lambda job: None, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_until(lambda: faults.count("queue.receive") >= 1, what="the worker's first long poll")
+    worker.stop()
+    thread.join(10)  # half the poll: the stop cut it short
+    assert not thread.is_alive()

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -312,8 +313,11 @@ class SqsQueues:
         max_messages: int = 1,
         wait_s: float = 0,
         visibility_s: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Message]:
         """Receive up to ``max_messages`` (1-10), long-polling up to ``wait_s`` (0-20) seconds.
+
+        ``cancel`` is accepted for the protocol's sake: an SQS long poll cannot be cut short.
 
         Raises:
             NotFound: no such queue.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -250,11 +251,13 @@ class MessageQueue(Protocol):
         max_messages: int = 1,
         wait_s: float = 0,
         visibility_s: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Message]:
         """Receive up to ``max_messages`` (1-10), long-polling up to ``wait_s`` (0-20) seconds.
 
         Received messages stay in the queue, invisible for ``visibility_s`` (default: the
-        queue's), until deleted.
+        queue's), until deleted. A backend that can cut a long poll short returns what it has
+        (usually nothing) soon after ``cancel`` is set; SQS cannot, so its poll runs its course.
         """
 
     def delete(self, queue: str, receipt: str) -> None:

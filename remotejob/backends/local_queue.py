@@ -283,11 +283,12 @@ class SqliteQueues:
         max_messages: int = 1,
         wait_s: float = 0,
         visibility_s: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Message]:
         """Receive up to ``max_messages`` (1-10), long-polling up to ``wait_s`` (0-20) seconds.
 
         Received messages stay in the queue, invisible for ``visibility_s`` (default: the
-        queue's), until deleted.
+        queue's), until deleted. The poll ends early, empty, once ``cancel`` is set.
 
         Raises:
             NotFound: no such queue.
@@ -309,7 +310,7 @@ class SqliteQueues:
                     if received:
                         return received
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (cancel is not None and cancel.is_set()):
                     return []
                 self._signal.wait(seen, min(remaining, POLL_S))
 
