@@ -15,6 +15,9 @@ forwarded to the upstream endpoint as it came and the reply goes back through :a
   body it sends (and drops hop-by-hop headers), so a hook only changes what it means to change.
 - ``delay(request) -> seconds``: slept before the request is forwarded (the :class:`Request` has
   method, path, headers and body), e.g. a fixed latency per call or per SQS action.
+- ``reply_delay(request, status) -> seconds``: slept after the upstream answered, before the reply
+  goes back (the return leg of a round trip: a long poll that returns a message then delivers it
+  this much later than the upstream did). It gets the same :class:`Request` object as ``delay``.
 
 botocore's SQS speaks the JSON protocol: a POST to ``/`` with ``X-Amz-Target: AmazonSQS.<Action>``
 and a JSON reply; :func:`sqs_action` reads the action. S3 requests are forwarded as they are.
@@ -85,7 +88,7 @@ class Proxy:
     Attributes:
         url: the endpoint to give clients.
         actions: requests forwarded so far, by SQS action (``"other"`` for the rest).
-        rewrite, delay: the hooks; either may be replaced while the proxy runs.
+        rewrite, delay, reply_delay: the hooks; any may be replaced while the proxy runs.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Proxy:
         rewrite: Rewrite | None = None,
         delay: Callable[[Request], float] | None = None,
         *,
+        reply_delay: Callable[[Request, int], float] | None = None,
         upstream_timeout: float = 60.0,
         idle_timeout: float = 30.0,
     ) -> None:
@@ -104,6 +108,7 @@ class Proxy:
         self.upstream_port = parts.port or 80
         self.rewrite = rewrite
         self.delay = delay
+        self.reply_delay = reply_delay
         self.upstream_timeout = upstream_timeout
         self.actions: Counter[str] = Counter()
         self.errors: list[str] = []
@@ -236,6 +241,13 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException) as exc:
             self._answer_error(502, f"proxy: upstream {self.owner.upstream_host}:{self.owner.upstream_port} "
                                     f"failed: {exc!r}")
+            return
+        try:
+            seconds = self.owner.reply_delay(request, status) if self.owner.reply_delay is not None else 0.0
+            if seconds > 0:
+                time.sleep(seconds)  # the injected latency of the return leg, not a synchronisation
+        except Exception:  # noqa: BLE001 - reported as a 500 and in Proxy.errors
+            self._answer_error(500, f"proxy reply_delay hook failed:\n{traceback.format_exc()}")
             return
         upstream_length = next((v for k, v in headers if k.lower() == "content-length"), None)
         if self.owner.rewrite is not None:
