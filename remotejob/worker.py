@@ -65,7 +65,9 @@ class Worker:
         concurrency: handlers running at once.
         prefetch: messages the worker may hold beyond ``concurrency``, waiting for a free
             handler (their visibility is extended like running jobs'), so that one receive can
-            take ten; 0 for long jobs spread over many workers, so none waits behind another.
+            take ten and the next is under way while handlers run; None (the default) holds as
+            many as there are handlers, at least 2 and at most 10. 0 for long jobs spread over
+            many workers, so none waits behind another.
         max_jobs: stop after taking this many jobs (None: no limit).
         burst: stop once the queue is empty and nothing runs or waits to be retried.
         grace_period: seconds running handlers get to finish after a stop; their messages are
@@ -95,15 +97,17 @@ class Worker:
         retry_delay: float = 1.0,
         max_retry_delay: float = 900.0,
         handle_signals: bool = True,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         dead_letter_check: float | None = 60.0,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if prefetch is None:
+            prefetch = min(10, max(2, concurrency))
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ConfigError(f"prefetch must be an integer >= 0, got {prefetch!r}")
+            raise ConfigError(f"prefetch must be an integer >= 0 or None, got {prefetch!r}")
         if max_jobs is not None and (not isinstance(max_jobs, int) or max_jobs < 1):
             raise ConfigError(f"max_jobs must be a positive integer or None, got {max_jobs!r}")
         if dead_letter_check is not None and dead_letter_check < 0:

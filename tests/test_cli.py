@@ -180,3 +180,41 @@ def test_stats_probe_measures_requests_and_dollars_per_job(backend: BackendSetup
         assert 0 < per_job["sqs"] < 1 and per_job["usd_per_million_jobs"] > 0
     q = _connect({**env, "REMOTEJOB_NAME": env["REMOTEJOB_NAME"] + "-probe"})
     assert list(q.object_store.list("jobs/")) == [] and list(q.object_store.list("batches/")) == []
+
+
+BLOCKING_HANDLER = """
+import os, pathlib, time
+
+def block(job):
+    pathlib.Path(os.environ["STARTED"]).write_text(job.id)
+    deadline = time.monotonic() + 60
+    while not pathlib.Path(os.environ["RELEASE"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+"""
+
+
+@pytest.mark.parametrize("prefetch", [None, "0"])
+def test_worker_prefetch_option_sets_how_many_jobs_wait_for_a_handler(
+    backend: BackendSetup, tmp_path: Path, prefetch: str | None
+) -> None:
+    from tests.conftest import wait_until
+
+    env = _env(backend)
+    env.update(STARTED=str(tmp_path / "started"), RELEASE=str(tmp_path / "release"))
+    (tmp_path / "handlers.py").write_text(BLOCKING_HANDLER)
+    q = _connect(env)
+    q.init()
+    q.submit_many([{"body": b"x"}] * 4)
+    args = ["worker", "handlers:block", "--max-jobs", "4", "--concurrency", "1"]
+    args += ["--prefetch", prefetch] if prefetch else []
+    worker = subprocess.Popen([sys.executable, "-m", "remotejob", *args],
+                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), timeout=60, what="the first job to start")
+        # the first receive took all it had room for: one running, plus the prefetched ones
+        held = q.message_queue.depth(q.queue_name("pending")).in_flight
+        assert held == (1 if prefetch == "0" else 3)
+    finally:
+        (tmp_path / "release").write_text("")
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0 and "processed 4 job(s)" in stderr, stderr

@@ -66,11 +66,13 @@ def test_a_lone_finished_job_is_deleted_and_notified_while_the_worker_runs_on(ba
         assert notice is not None and notice.id == job_id and notice.state == "completed"
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_holds_no_more_messages_than_its_slots_and_prefetch(backend: BackendSetup, prefetch: int) -> None:
+@pytest.mark.parametrize("prefetch", [0, 2, None])
+def test_holds_no_more_messages_than_its_slots_and_prefetch(
+    backend: BackendSetup, prefetch: int | None
+) -> None:
+    """By default a worker holds as many waiting jobs as it has handlers (at least 2)."""
     q = connect(backend, visibility_timeout=30)
-    for _ in range(8):
-        q.submit({"body": b"x"})
+    q.submit_many([{"body": b"x"}] * 8)
     release = threading.Event()
     started: list[str] = []
 
@@ -79,13 +81,14 @@ def test_holds_no_more_messages_than_its_slots_and_prefetch(backend: BackendSetu
         release.wait(30)
 
     worker = remotejob.Worker(q, blocked, concurrency=3, prefetch=prefetch, handle_signals=False, burst=True)
+    held = 3 + (3 if prefetch is None else prefetch)
     with running(worker):
         wait_until(lambda: len(started) == 3, what="three handlers to start")
         pending = keys.queue_name(q.name, "pending")
-        wait_until(lambda: q.message_queue.depth(pending).in_flight == 3 + prefetch, what="prefetching")
+        wait_until(lambda: q.message_queue.depth(pending).in_flight == held, what="prefetching")
         try:
             depth = q.message_queue.depth(pending)
-            assert (depth.in_flight, depth.waiting, len(started)) == (3 + prefetch, 5 - prefetch, 3)
+            assert (depth.in_flight, depth.waiting, len(started)) == (held, 8 - held, 3)
         finally:
             release.set()
         wait_until(lambda: len(started) == 8, what="all jobs to run")

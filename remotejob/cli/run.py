@@ -42,6 +42,9 @@ def _load_handler(target: str) -> Handler:
 @click.option("--status", default="pending", show_default=True, help="Status queue to serve.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=1, show_default=True,
               help="Jobs running at once.")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Jobs held waiting for a free handler [default: as many as handlers, 2 to 10; "
+                   "0 for long jobs spread over many workers].")
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=None, help="Exit after N jobs.")
 @click.option("--max-attempts", type=click.IntRange(1, 1000), default=5, show_default=True,
@@ -55,8 +58,8 @@ def _load_handler(target: str) -> Handler:
 @pass_context
 def worker(
     ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
-    concurrency: int, burst: bool, max_jobs: int | None, max_attempts: int, retry_delay: float,
-    grace_period: float, dead_letter_check: float,
+    concurrency: int, prefetch: int | None, burst: bool, max_jobs: int | None, max_attempts: int,
+    retry_delay: float, grace_period: float, dead_letter_check: float,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -92,7 +95,7 @@ def worker(
     with ctx.errors():
         runner = Worker(
             ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
-            max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
+            prefetch=prefetch, max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
             max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
             dead_letter_check=dead_letter_check,
         )
