@@ -19,10 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
 
 from ..errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_S = 30.0
 """How long a connection waits for another writer's lock before giving up."""
@@ -155,13 +158,63 @@ class Database:
         time there. On this lock they wake as soon as it is released; processes still meet on
         SQLite's lock.
         """
-        key = (os.getpid(), str(self.path))  # a child of fork() makes its own
-        lock = _writers.get(key)
-        if lock is None:
-            with _writers_lock:
-                lock = _writers.setdefault(key, threading.Lock())
-        with lock:
+        with self._writers().lock:
             yield from self._transaction()
+
+    def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in a write transaction; return its result once it is committed (durably:
+        the commit is synchronous), or raise what it raised with its changes undone.
+
+        Group commit: the writes that this process's threads queue while another group commits
+        go into the next transaction together, each inside its own savepoint, so that one
+        ``COMMIT`` (one fsync) serves them all and an op that fails undoes only its own changes.
+        An op may run on another thread's connection, so it uses only the one it is given.
+        """
+        writers = self._writers()
+        pending = _Pending(op)
+        with writers.queued:
+            writers.pending.append(pending)
+        with writers.lock:
+            if not pending.done:
+                with writers.queued:
+                    group, writers.pending = writers.pending, []
+                self._commit_group(group)
+        return pending.outcome()
+
+    def _commit_group(self, group: list[_Pending[Any]]) -> None:
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for pending in group:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        pending.value = pending.op(conn)
+                    except Exception as exc:  # noqa: BLE001 - it is raised in its own thread
+                        conn.execute("ROLLBACK TO op")
+                        pending.error = exc
+                    conn.execute("RELEASE op")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+        except BaseException as exc:  # nothing of the group was applied
+            for pending in group:
+                pending.value, pending.error = None, _unapplied(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for pending in group:
+                pending.done = True
+
+    def _writers(self) -> _Writers:
+        key = (os.getpid(), str(self.path))  # a child of fork() makes its own
+        writers = _writers.get(key)
+        if writers is None:
+            with _writers_lock:
+                writers = _writers.setdefault(key, _Writers())
+        return writers
 
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self.connection()
@@ -175,7 +228,40 @@ class Database:
             raise
 
 
-_writers: dict[tuple[int, str], threading.Lock] = {}
+class _Writers:
+    """One process's writers of one database: the lock they take turns on, and the writes queued
+    for the next group commit."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queued = threading.Lock()
+        self.pending: list[_Pending[Any]] = []
+
+
+class _Pending(Generic[T]):
+    """One queued write and, once its group is committed (``done``), its result or error."""
+
+    def __init__(self, op: Callable[[sqlite3.Connection], T]) -> None:
+        self.op = op
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
+
+
+def _unapplied(exc: BaseException) -> BaseException:
+    """A group's failure, as its own exception for each writer of the group (one exception object
+    raised in several threads would mix their tracebacks)."""
+    if isinstance(exc, sqlite3.Error):
+        return type(exc)(*exc.args)
+    return sqlite3.OperationalError(f"the write was not committed: {type(exc).__name__}: {exc}")
+
+
+_writers: dict[tuple[int, str], _Writers] = {}
 _writers_lock = threading.Lock()
 
 

@@ -268,12 +268,11 @@ class SqliteQueues:
         with self._errors(f"sending to {queue!r}"):
             self._attributes(queue)
             now = self._clock()
-            with self._db.transaction() as conn:
-                conn.executemany(
-                    "INSERT INTO messages (queue, message_id, body, sent_at, visible_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(queue, i, m.body, now, now + m.delay_s) for i, m in zip(ids, messages, strict=True)],
-                )
+            rows = [(queue, i, m.body, now, now + m.delay_s) for i, m in zip(ids, messages, strict=True)]
+            self._db.write(lambda conn: conn.executemany(
+                "INSERT INTO messages (queue, message_id, body, sent_at, visible_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            ))
         self._signal.notify()
         return ids
 
@@ -395,8 +394,9 @@ class SqliteQueues:
         rows = [(_seq(queue, receipt), queue, receipt) for receipt in receipts]
         with self._errors(f"deleting from {queue!r}"):
             self._attributes(queue)
-            with self._db.transaction() as conn:
-                conn.executemany("DELETE FROM messages WHERE seq = ? AND queue = ? AND receipt = ?", rows)
+            self._db.write(lambda conn: conn.executemany(
+                "DELETE FROM messages WHERE seq = ? AND queue = ? AND receipt = ?", rows
+            ))
 
     def change_visibility(self, queue: str, receipt: str, seconds: int) -> None:
         """Make the delivery visible again ``seconds`` (0 = now) from this moment.

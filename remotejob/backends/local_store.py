@@ -291,8 +291,9 @@ class LocalStore:
             self._unlink(replaced)
 
     def _index(self, row: _Row, if_absent: bool) -> str | None:
-        """Insert the row in one transaction; return the blob it replaced, if any."""
-        with self._db.transaction() as conn:
+        """Insert the row (one committed write); return the blob it replaced, if any."""
+
+        def insert(conn: sqlite3.Connection) -> str | None:
             if if_absent:
                 try:
                     conn.execute(_INSERT, row)
@@ -304,6 +305,8 @@ class LocalStore:
             old = conn.execute("SELECT blob FROM objects WHERE key = ?", (row[0],)).fetchone()
             conn.execute(_REPLACE, row)
             return None if old is None else str(old[0])
+
+        return self._db.write(insert)
 
     def _write_blob(self, body: Body) -> tuple[str, int, str]:
         """Write the body to a new blob file, durably; return its name, size and MD5 hex (the etag,
@@ -452,11 +455,14 @@ class LocalStore:
         """
         validate_key(key)
         with self._errors(f"deleting {key!r}"):
-            with self._db.transaction() as conn:
+            def remove(conn: sqlite3.Connection) -> str | None:
                 row = conn.execute("SELECT blob FROM objects WHERE key = ?", (key.encode(),)).fetchone()
                 conn.execute("DELETE FROM objects WHERE key = ?", (key.encode(),))
-            if row is not None:
-                self._unlink(str(row[0]))
+                return None if row is None else str(row[0])
+
+            blob = self._db.write(remove)
+            if blob is not None:
+                self._unlink(blob)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield the objects whose key starts with ``prefix``, in byte order of the UTF-8 key.
