@@ -32,6 +32,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
+
 REPO = Path(__file__).resolve().parent.parent
 """The repository root: the worker process runs there so ``bench`` and ``remotejob`` import."""
 
@@ -282,7 +284,11 @@ def throughput(env: Mapping[str, str], jobs: int, batch: bool, workdir: Path, *,
         ``read_s``, ``total_s``), ``requests`` (per phase: ``submit`` and ``reads`` counted in
         this process, ``worker`` in the worker processes; ``total``) and ``requests_per_job`` (the
         same divided by ``jobs``, with ``SQS``/``S3`` totals); None for both on the embedded
-        setting; ``worker_events``: the worker's counted log records (redeliveries, retries).
+        setting; ``worker_events``: the worker's counted log records (redeliveries, retries);
+        ``cpu`` (user and system CPU seconds: ``worker``, summed over the worker processes, each
+        from its ready file to its ``run()`` returning; ``submit``, this process during the
+        submit phase; ``reads``, this process from the worker's result to the last status read,
+        top-ups included) and ``cpu_ms_per_job`` (the same in CPU milliseconds per job).
 
     Raises:
         MeasurementError: a worker failed or hung, or jobs did not end ``completed``.
@@ -296,11 +302,11 @@ def throughput(env: Mapping[str, str], jobs: int, batch: bool, workdir: Path, *,
         q = remotejob.connect(name)
         q.init()
         worker = _start_worker(stack, env, name, workdir, name, jobs, concurrency)
-        c0, t0 = request_snapshot(), time.time()
+        c0, u0, t0 = request_snapshot(), cpu.snapshot(), time.time()
         ids = q.submit_many(items) if batch else [q.submit(item) for item in items]
-        c1, t1 = request_snapshot(), time.time()
+        c1, u1, t1 = request_snapshot(), cpu.snapshot(), time.time()
         workers = [worker.result(timeout)]
-        c2, t2 = request_snapshot(), time.time()
+        c2, u2, t2 = request_snapshot(), cpu.snapshot(), time.time()
         states = _read_states(q, ids, readers)
         for topup in range(1, MAX_TOPUPS + 1):
             pending = [job_id for job_id, state in states.items() if state != "completed"]
@@ -310,7 +316,7 @@ def throughput(env: Mapping[str, str], jobs: int, batch: bool, workdir: Path, *,
             extra = _start_worker(stack, env, name, workdir, label, len(pending), concurrency)
             workers.append(extra.result(timeout))
             states.update(_read_states(q, pending, readers))
-        c3, t3 = request_snapshot(), time.time()
+        c3, u3, t3 = request_snapshot(), cpu.snapshot(), time.time()
     left = Counter(state for state in states.values() if state != "completed")
     if left:
         raise MeasurementError(f"{name}: {sum(left.values())} of {jobs} jobs not completed after "
@@ -325,6 +331,10 @@ def throughput(env: Mapping[str, str], jobs: int, batch: bool, workdir: Path, *,
         "worker_events": merge_counts(*(w["log_events"] for w in workers)),
         "requests": None, "requests_per_job": None,
     }
+    worker_cpu = cpu.total(*(w["cpu"] for w in workers))
+    submit_cpu, read_cpu = cpu.between(u0, u1), cpu.between(u2, u3)
+    result["cpu"] = {"worker": worker_cpu, "submit": submit_cpu, "reads": read_cpu}
+    result["cpu_ms_per_job"] = {phase: 1000 * used["cpu_s"] / jobs for phase, used in result["cpu"].items()}
     if is_aws(env):
         phases = {
             "submit": counts_between(c0, c1),

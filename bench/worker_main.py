@@ -8,9 +8,11 @@ It connects to the job system ``NAME`` configured only by its environment (``REM
 ``request_counts()``, writes the ``--ready`` file and runs the worker until it has taken
 ``--max-jobs`` jobs (``run()`` returns once they are all completed) or ``--seconds`` have passed.
 Then it writes ``--out``: the requests it made while working (by ``SERVICE.Operation``, setup
-excluded), when it started and stopped, when each job's handler was first entered (job id →
-``time.time()``, for the latency measurement), how many deliveries it took and ran, and its log
-records counted by template (``log_events``: redeliveries dropped, botocore retries, warnings).
+excluded), the CPU seconds it used meanwhile (``cpu``: ``getrusage(RUSAGE_SELF)`` from just
+before the ready file to ``run()`` returning, every thread of the process), when it started and
+stopped, when each job's handler was first entered (job id → ``time.time()``, for the latency
+measurement), how many deliveries it took and ran, and its log records counted by template
+(``log_events``: redeliveries dropped, botocore retries, warnings).
 Its log (warnings, and remotejob's info) goes to stderr.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import remotejob
+from bench import cpu
 from remotejob.backends.aws import request_counts
 
 
@@ -87,6 +90,7 @@ def run(name: str, ready: Path, concurrency: int, max_jobs: int | None,
     worker = remotejob.Worker(q, noop, concurrency=concurrency, max_jobs=max_jobs, grace_period=0)
     timer = threading.Timer(seconds, worker.stop) if seconds else None
     before = request_counts()
+    cpu_before = cpu.snapshot()
     started = time.time()
     write_json(ready, {"pid": os.getpid(), "started": started})
     if timer:
@@ -97,7 +101,9 @@ def run(name: str, ready: Path, concurrency: int, max_jobs: int | None,
         if timer:
             timer.cancel()
     finished = time.time()
+    cpu_used = cpu.between(cpu_before, cpu.snapshot())
     return {
+        "cpu": cpu_used,
         "taken": taken,
         "started": started,
         "finished": finished,
