@@ -7,7 +7,8 @@ Each public function starts what it measures (worker or consumer in a separate p
 
 - :func:`celery_sqs`: Celery 5 on the SQS broker (optionally with the S3 result backend).
 - :func:`celery_latency`: submit → task start latency of an idle Celery worker on SQS.
-- :func:`huey_sqlite`: huey's ``SqliteHuey`` with a 4-thread consumer.
+- :func:`huey_sqlite`: huey's ``SqliteHuey`` (results stored) with an 8-thread consumer, every
+  result read back.
 - :func:`boto3_floor`: raw boto3 SendMessageBatch / ReceiveMessage + DeleteMessageBatch.
 
 Requests are counted in every process that talks to the servers: a ``before-send`` botocore
@@ -16,7 +17,12 @@ included), plus a wrapper of kombu's ``AsyncSQSConnection.make_request`` (the Ce
 receives through kombu's own pycurl client, which botocore only signs and never sends). Worker
 processes write their counts to a file when they stop. The hooks are process-wide while a
 function runs (so run one peer at a time); checked against moto's own request recorder, they
-agree exactly. ``python -m bench.peers --jobs 200`` runs them all against a fresh moto server
+agree exactly.
+
+CPU is ``getrusage(RUSAGE_SELF)`` (user + system seconds, every thread) in the process that did
+the work: the worker's or consumer's from the start of the measured run (the mark task, the
+warm-up task) to its last task, the submitter's around its submit loop and its result reads.
+``python -m bench.peers --jobs 200`` runs them all against a fresh moto server
 and prints JSON.
 """
 
@@ -44,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import cpu  # noqa: E402 - needs the repo on sys.path
 from tests.servers import ACCESS_KEY, REGION, SECRET_KEY  # noqa: E402 - needs the repo on sys.path
 
 _POLL = 0.002  # seconds between looks at a local file the worker writes
@@ -274,7 +281,8 @@ class _Child:
 
 
 class _DoneCounter:
-    """Counts finished tasks in a worker process; the last one writes its time to ``path``."""
+    """Counts finished tasks in a worker process; the last one writes its time (and the process's
+    CPU so far) to ``path``."""
 
     def __init__(self, expected: int, path: Path) -> None:
         self.expected = expected
@@ -289,7 +297,8 @@ class _DoneCounter:
             if self.count == 1:
                 self.t_first = time.time()
             if self.count == self.expected:
-                _write_json(self.path, {"t_done": time.time(), "t_first": self.t_first, "count": self.count})
+                _write_json(self.path, {"t_done": time.time(), "t_first": self.t_first, "count": self.count,
+                                        "cpu": cpu.snapshot()})
 
 
 # --------------------------------------------------------------------------- Celery on SQS
@@ -322,7 +331,8 @@ def _celery_mark_body() -> None:
         return
 
     def snapshot() -> None:
-        _write_json(workdir / "mark.json", {"t_mark": time.time(), "requests": COUNTER.snapshot()})
+        _write_json(workdir / "mark.json", {"t_mark": time.time(), "requests": COUNTER.snapshot(),
+                                            "cpu": cpu.snapshot()})
 
     hub: Any = get_event_loop()
     if hub is None:
@@ -441,7 +451,8 @@ def _celery_run(
             for handle in warm:
                 handle.get(timeout=max(1.0, deadline - time.monotonic()))
         mark.delay()
-        cfg["worker_setup_requests"] = child.wait_file(workdir / "mark.json", deadline, "mark")["requests"]
+        marked = child.wait_file(workdir / "mark.json", deadline, "mark")
+        cfg["worker_setup_requests"], cfg["worker_mark_cpu"] = marked["requests"], marked["cpu"]
     except BaseException:
         child.stop(5)
         app.close()
@@ -491,16 +502,18 @@ def celery_sqs(
         try:
             deadline = time.monotonic() + deadline_s
             before = COUNTER.snapshot()
-            t0 = time.time()
+            cpu0, t0 = cpu.snapshot(), time.time()
             handles = []
             for _ in range(jobs):
                 handles.append(task.delay())
                 _check_deadline(deadline, "celery: submitting")
-            t_submitted = time.time()
+            cpu1, t_submitted = cpu.snapshot(), time.time()
+            results_cpu = None
             if s3_endpoint:
                 for handle in handles:
                     handle.get(timeout=max(1.0, deadline - time.monotonic()))
                 t_end = time.time()
+                results_cpu = cpu.between(cpu1, cpu.snapshot())
                 done = child.wait_file(work / "done.json", deadline, "done file")
             else:
                 done = child.wait_file(work / "done.json", deadline, "done file")
@@ -521,6 +534,9 @@ def celery_sqs(
         except Exception:  # noqa: BLE001, S110 - cleanup only: the queue dies with the server anyway
             pass
     name = "celery-sqs+s3-results" if s3_endpoint else "celery-sqs"
+    used = {"worker": cpu.between(cfg["worker_mark_cpu"], done["cpu"]), "submit": cpu.between(cpu0, cpu1)}
+    if results_cpu is not None:
+        used["reads"] = results_cpu
     return _result(
         name,
         jobs,
@@ -530,6 +546,14 @@ def celery_sqs(
         submit_seconds=round(t_submitted - t0, 4),
         first_task_after_s=round(float(done["t_first"]) - t0, 4),
         worker_tasks=done.get("count"),
+        cpu=used,
+        cpu_ms_per_job={phase: 1000 * phase_cpu["cpu_s"] / jobs for phase, phase_cpu in used.items()},
+        cpu_measured_as=(
+            "worker: getrusage in the worker process from the mark task (after warm-up) to its last "
+            "task's body (acks of the last tasks still in flight excluded); submit: this "
+            "process around the .delay() loop" + ("; reads: this process around the .get() loop"
+                                                   if s3_endpoint else "")
+        ),
         setup_requests={"submitter": _diff(before, start), "worker": _diff(cfg["worker_setup_requests"], {})},
         config={
             "pool": "threads",
@@ -620,13 +644,16 @@ def _percentile(samples: list[float], pct: float) -> float:
 # --------------------------------------------------------------------------- huey on SQLite
 
 _huey_done: _DoneCounter | None = None
+_huey_workdir: Path | None = None
+HUEY_WORKERS = 8
+"""The consumer's threads: ours and Celery run 8 handlers at once too."""
 
 
 def _huey_app(filename: str) -> tuple[Any, Any, Any]:
-    """A ``SqliteHuey`` on ``filename`` (huey's defaults: results stored) and its tasks."""
+    """A ``SqliteHuey`` on ``filename`` with its result store on, and its tasks."""
     from huey import SqliteHuey
 
-    huey = SqliteHuey(name="bench", filename=filename)
+    huey = SqliteHuey(name="bench", filename=filename, results=True, store_none=False)
 
     def noop(i: int) -> int:
         if _huey_done is not None:
@@ -634,6 +661,8 @@ def _huey_app(filename: str) -> tuple[Any, Any, Any]:
         return i  # not None: huey stores no None results by default (store_none=False)
 
     def warmup() -> bool:
+        if _huey_workdir is not None:  # in the consumer: the measured run starts after this task
+            _write_json(_huey_workdir / "warm.json", {"t_warm": time.time(), "cpu": cpu.snapshot()})
         return True
 
     # huey registers a task as "<module>.<name>": the same in the parent and in the consumer,
@@ -644,11 +673,12 @@ def _huey_app(filename: str) -> tuple[Any, Any, Any]:
 
 def _huey_consumer_main(config_path: str) -> None:
     """Child: what ``huey_consumer -w N -k thread`` runs, with huey's default polling."""
-    global _huey_done
+    global _huey_done, _huey_workdir
     import logging
 
     cfg = json.loads(Path(config_path).read_text())
     logging.basicConfig(level=logging.WARNING)
+    _huey_workdir = Path(cfg["workdir"])
     _huey_done = _DoneCounter(int(cfg["expected"]), Path(cfg["workdir"]) / "done.json")
     huey, _, _ = _huey_app(cfg["filename"])
     huey.create_consumer(workers=int(cfg["workers"]), worker_type="thread").run()
@@ -657,16 +687,24 @@ def _huey_consumer_main(config_path: str) -> None:
 def huey_sqlite(
     jobs: int,
     workdir: str | Path,
-    workers: int = 4,
+    workers: int = HUEY_WORKERS,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """huey's ``SqliteHuey``: ``jobs`` no-op tasks enqueued by the parent, a 4-thread consumer.
+    """huey's ``SqliteHuey``: ``jobs`` no-op tasks enqueued by the parent, every result read back.
 
-    The consumer runs in a separate process (``Consumer(workers, worker_type='thread')``, as
-    ``huey_consumer -w 4 -k thread``, default polling backoff). Setup: one warm-up task whose
-    result the parent waits for, so the consumer is running. Results are stored (huey's
-    default; the task returns its number since huey skips storing ``None``). Completion is the
-    consumer's own time after its ``jobs``-th task, read from a local file.
+    Configured as ``SqliteHuey(filename, results=True, store_none=False)`` (huey's defaults,
+    spelled out: the result store is on); the task returns its number, so every task stores a
+    result. The consumer runs in a separate process (``Consumer(workers=8,
+    worker_type='thread')``, as ``huey_consumer -w 8 -k thread``, default polling: 0.1 s
+    initial delay, backoff 1.15, at most 10 s). Setup: one warm-up task whose result the parent
+    waits for, so the consumer is running.
+
+    Measured as remotejob's throughput is: the clock starts just before the first enqueue (one
+    ``noop(i)`` call per task, from this process); the consumer writes a local file after its
+    ``jobs``-th task (``drain_jobs_per_s``); the parent then reads every task's result once, in
+    submit order (``Result.get()``, checked equal to the task's number; a result not stored yet
+    is asked again after 1 ms), and ``jobs_per_s`` is ``jobs`` over first enqueue → the last
+    result read.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
@@ -687,25 +725,50 @@ def huey_sqlite(
             if child.proc.poll() is not None or time.monotonic() > ready_by:
                 raise RuntimeError(f"huey consumer did not run the warm-up task:\n{child.log_tail()}")
             time.sleep(0.01)
+        warm_cpu = child.wait_file(work / "warm.json", ready_by, "warm-up file")["cpu"]
         deadline = time.monotonic() + deadline_s
-        t0 = time.time()
+        cpu0, t0 = cpu.snapshot(), time.time()
+        handles = []
         for i in range(jobs):
-            noop(i)
+            handles.append(noop(i))
             _check_deadline(deadline, "huey: enqueueing")
-        t_submitted = time.time()
+        cpu1, t_submitted = cpu.snapshot(), time.time()
         done = child.wait_file(work / "done.json", deadline, "done file")
+        cpu2, retries = cpu.snapshot(), 0
+        for i, handle in enumerate(handles):
+            while (value := handle.get()) is None:
+                retries += 1
+                _check_deadline(deadline, "huey: reading results")
+                time.sleep(0.001)
+            if value != i:
+                raise RuntimeError(f"huey: task {i} returned {value!r}")
+        cpu3, t_end = cpu.snapshot(), time.time()
     finally:
         child.stop(10)
+    used = {"worker": cpu.between(warm_cpu, done["cpu"]), "submit": cpu.between(cpu0, cpu1),
+            "reads": cpu.between(cpu2, cpu3)}
     return _result(
         "huey-sqlite",
         jobs,
-        float(done["t_done"]) - t0,
+        t_end - t0,
         {},
         ("huey",),
         submit_seconds=round(t_submitted - t0, 4),
         first_task_after_s=round(float(done["t_first"]) - t0, 4),
-        config={"workers": workers, "worker_type": "thread", "results": "stored (default)"},
-        completion="consumer's own time.time() after its last task, read from a local file",
+        drain_jobs_per_s=round(jobs / (float(done["t_done"]) - t0), 2),
+        read_seconds=round(t_end - t_submitted, 4),
+        result_not_ready_retries=retries,
+        cpu=used,
+        cpu_ms_per_job={phase: 1000 * phase_cpu["cpu_s"] / jobs for phase, phase_cpu in used.items()},
+        cpu_measured_as=(
+            "worker: getrusage in the consumer process from the warm-up task to its last task's body; "
+            "submit: this process around the enqueue loop; reads: this process around the result reads"
+        ),
+        config={"huey": "SqliteHuey(filename, results=True, store_none=False)", "workers": workers,
+                "worker_type": "thread", "polling": "initial_delay 0.1 s, backoff 1.15, max_delay 10 s",
+                "results": "stored; every one read back by the submitter"},
+        completion=("first enqueue → the submitter's last Result.get() (every result read, after the "
+                    "consumer's own file said its last task ran)"),
     )
 
 
