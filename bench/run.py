@@ -1,7 +1,7 @@
 """Run every benchmark on this machine and write ``BENCHMARKS.md``.
 
-``python -m bench.run [--quick] [--jobs N] [--aws-jobs N] [--runs 3] [--skip PART,...]
-[--out BENCHMARKS.md]`` (or ``./dev bench ...``).
+``python -m bench.run [--quick] [--jobs N] [--aws-jobs N] [--runs 3] [--aws-latency-jobs N]
+[--aws-latency-runs N] [--skip PART,...] [--out BENCHMARKS.md]`` (or ``./dev bench ...``).
 
 It starts a moto server (SQS and S3) and SeaweedFS (S3) once, creates a bucket on each, and
 measures, in this order:
@@ -14,7 +14,14 @@ measures, in this order:
 4. the peers on moto: Celery 5 on SQS without results and with the S3 result backend, and the
    raw boto3 floor;
 5. latency (submit → handler start) on the embedded setting and on moto, and Celery's on moto;
-6. large bodies (``bench.large``): remotejob on SeaweedFS and embedded, and boto3 on SeaweedFS.
+6. the AWS-latency profile (``bench.aws_latency``): moto behind a proxy that adds AWS-like
+   per-request latency; through it remotejob (batch and one by one), Celery on SQS without
+   results and with the S3 result backend, the raw boto3 floor, and the latency of remotejob and
+   Celery;
+7. large bodies (``bench.large``): remotejob on SeaweedFS and embedded, and boto3 on SeaweedFS.
+
+Every throughput run also records CPU seconds per job: of the worker (remotejob's worker
+process, Celery's worker, huey's consumer) and of the submitting process.
 
 A measurement that fails is recorded with its reason (a row of the report says why) and the run
 goes on. Raw results go to ``bench/results/latest.json``; the report is rendered by
@@ -49,7 +56,7 @@ from bench import ours, report  # noqa: E402 - needs the repo on sys.path
 
 RESULTS = REPO / "bench" / "results" / "latest.json"
 BUCKET = "remotejob-bench"
-PARTS = ("ours", "latency", "idle", "peers", "large")
+PARTS = ("ours", "latency", "idle", "peers", "aws-latency", "large")
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,22 @@ class Plan:
     large_bytes: int = 1024**3
     large_runs: int = 3
     """Rounds of the large-body runs, interleaved (medians of the throughputs, the largest RSS)."""
+    aws_latency_jobs: int = 300
+    """Jobs per throughput run through the AWS-latency proxy (ours, Celery, the boto3 floor)."""
+    aws_latency_celery_s3_jobs: int = 100
+    """Jobs for Celery with the S3 result backend through the AWS-latency proxy."""
+    aws_latency_runs: int = 1
+    """Runs of each throughput measurement through the AWS-latency proxy (the median is reported).
+    One: through the proxy the rates are bound by the injected latency, and two runs differed by
+    under 3% on the machine this was written on, while each run of ours one by one takes ~35 s
+    (the whole part takes ~2.5 min with one run, ~4.5 min with two)."""
 
     @classmethod
     def quick(cls) -> Plan:
         """Tiny counts for a smoke run of every part (under two minutes)."""
         return cls(jobs=100, aws_jobs=50, celery_s3_jobs=10, runs=1, latency_n=10, idle_s=25.0,
-                   large_bytes=32 * 1024**2, large_runs=1)
+                   large_bytes=32 * 1024**2, large_runs=1, aws_latency_jobs=30,
+                   aws_latency_celery_s3_jobs=10, aws_latency_runs=1)
 
 
 def log(message: str) -> None:
@@ -120,15 +137,16 @@ class Servers:
     weed: Any
     workdir: Path
 
-    def aws_env(self, s3_endpoint: str, prefix: str) -> dict[str, str]:
-        """The environment of an S3/SQS setting: ``s3_endpoint`` for S3, moto for SQS."""
+    def aws_env(self, s3_endpoint: str, prefix: str, sqs_endpoint: str | None = None) -> dict[str, str]:
+        """The environment of an S3/SQS setting: ``s3_endpoint`` for S3, ``sqs_endpoint`` (moto by
+        default) for SQS."""
         from tests import servers
 
         return {
             "REMOTEJOB_STORE": f"s3://{BUCKET}/{prefix}",
             "REMOTEJOB_QUEUES": "sqs://",
             "AWS_ENDPOINT_URL_S3": s3_endpoint,
-            "AWS_ENDPOINT_URL_SQS": self.moto.endpoint,
+            "AWS_ENDPOINT_URL_SQS": sqs_endpoint or self.moto.endpoint,
             "AWS_ACCESS_KEY_ID": servers.ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": servers.SECRET_KEY,
             "AWS_REGION": servers.REGION,
@@ -174,6 +192,15 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 # -- the measurements -------------------------------------------------------------------------
 
 
+def median_cpu(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Per phase, the median over ``runs`` of their ``cpu_ms_per_job`` (None if none has it)."""
+    docs = [r["cpu_ms_per_job"] for r in runs if isinstance(r.get("cpu_ms_per_job"), dict)]
+    if not docs:
+        return None
+    phases = sorted({phase for doc in docs for phase in doc})
+    return {phase: statistics.median(doc[phase] for doc in docs if phase in doc) for phase in phases}
+
+
 def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of several throughput runs, and the median run itself (its request counts)."""
     ok = [r for r in runs if "error" not in r]
@@ -183,6 +210,7 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "jobs_per_s": statistics.median(r["jobs_per_s"] for r in ok),
         "drain_jobs_per_s": statistics.median(r["drain_jobs_per_s"] for r in ok),
+        "cpu_ms_per_job": median_cpu(ok),
         "min_jobs_per_s": ranked[0]["jobs_per_s"],
         "max_jobs_per_s": ranked[-1]["jobs_per_s"],
         "ok_runs": len(ok),
@@ -193,7 +221,8 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def repeat(record: Recorder, label: str, runs: int, fn: Callable[..., dict[str, Any]], *args: Any,
            **kwargs: Any) -> dict[str, Any]:
-    """A peer measured ``runs`` times: its median run, with the median ``jobs_per_s`` of all.
+    """A peer measured ``runs`` times: its median run, with the median ``jobs_per_s`` of all (and
+    the median CPU per job of each phase).
 
     Each run gets its own folder (``<workdir>/run<i>``; the workdir is the first of ``args``
     that is a Path).
@@ -206,7 +235,8 @@ def repeat(record: Recorder, label: str, runs: int, fn: Callable[..., dict[str, 
     if not ok:
         return results[0]
     return {**ok[(len(ok) - 1) // 2], "jobs_per_s": statistics.median(r["jobs_per_s"] for r in ok),
-            "runs_jobs_per_s": [r.get("jobs_per_s") for r in results], "ok_runs": len(ok)}
+            "runs_jobs_per_s": [r.get("jobs_per_s") for r in results], "ok_runs": len(ok),
+            "cpu_ms_per_job": median_cpu(ok)}
 
 
 def measure_ours(record: Recorder, settings: dict[str, dict[str, str]], names: tuple[str, ...],
@@ -252,7 +282,7 @@ def measure_peers(record: Recorder, srv: Servers, plan: Plan, workdir: Path, lat
 
 
 def measure_huey(record: Recorder, plan: Plan, workdir: Path) -> dict[str, Any]:
-    """huey's SqliteHuey with its 4-thread consumer."""
+    """huey's SqliteHuey (results stored, every one read back) with its 8-thread consumer."""
     try:
         from bench import peers
     except Exception as exc:  # noqa: BLE001 - reported as a row
@@ -290,6 +320,63 @@ def measure_large(record: Recorder, srv: Servers, plan: Plan, workdir: Path) -> 
     return out
 
 
+def measure_aws_latency(record: Recorder, srv: Servers, plan: Plan, workdir: Path) -> dict[str, Any]:
+    """Everything through one AWS-latency proxy in front of moto (S3 and SQS), in one run.
+
+    Ours (batch and one by one, ``plan.aws_latency_runs`` runs each, medians), Celery on SQS
+    without results and with the S3 result backend, the raw boto3 floor, then the latency of
+    ours and of Celery; finally the proxy's account of the delays it injected.
+    """
+    from bench import aws_latency
+
+    folder = workdir / "aws-latency"
+    jobs, s3_jobs, runs, n = (plan.aws_latency_jobs, plan.aws_latency_celery_s3_jobs, plan.aws_latency_runs,
+                              plan.latency_n)
+    out: dict[str, Any] = {"profile": aws_latency.PROFILE.describe()}
+    proxy = aws_latency.LatencyProxy(srv.moto.endpoint, folder / "proxy")
+    try:
+        proxy.__enter__()
+    except Exception as exc:  # noqa: BLE001 - reported as a row
+        reason = f"the latency proxy did not start: {type(exc).__name__}: {exc}"
+        log(reason)
+        return {**out, "error": reason}
+    try:
+        url = proxy.url
+        env = srv.aws_env(url, "aws-latency", sqs_endpoint=url)
+        log(f"AWS-latency proxy at {url} in front of moto at {srv.moto.endpoint}")
+        out["ours"] = {}
+        for mode, batch in (("batch", True), ("one_by_one", False)):
+            out["ours"][mode] = summarize_runs([
+                record(f"aws-latency ours {mode} run {i + 1}/{runs} ({jobs} jobs)", ours.throughput, env,
+                       jobs, batch, folder / "ours")
+                for i in range(runs)
+            ])
+        try:
+            from bench import peers
+        except Exception as exc:  # noqa: BLE001 - a missing peer is a row of the report, not a crash
+            reason = f"bench.peers could not be imported: {type(exc).__name__}: {exc}"
+            log(reason)
+            out["peers"] = {"error": reason}
+        else:
+            out["peers"] = {
+                "celery_sqs": repeat(record, f"aws-latency celery sqs ({jobs} jobs)", runs,
+                                     peers.celery_sqs, url, jobs, folder / "celery"),
+                "celery_sqs_s3": repeat(record, f"aws-latency celery sqs + s3 results ({s3_jobs} jobs)",
+                                        runs, peers.celery_sqs, url, s3_jobs, folder / "celery-s3",
+                                        s3_endpoint=url),
+                "boto3_floor": repeat(record, f"aws-latency boto3 floor ({jobs} jobs)", runs,
+                                      peers.boto3_floor, url, jobs, folder / "floor"),
+            }
+        out["latency"] = record(f"aws-latency ours latency (n={n})", ours.latency, env, n, folder / "latency")
+        if "error" not in out["peers"]:
+            out["peers"]["celery_latency"] = record(f"aws-latency celery latency (n={n})",
+                                                    peers.celery_latency, url, n, folder / "celery-latency")
+    finally:
+        proxy.__exit__(None, None, None)
+        out["proxy"] = proxy.stats
+    return out
+
+
 def run_all(plan: Plan, skip: set[str], workdir: Path) -> dict[str, Any]:
     """Every measurement of ``plan`` not in ``skip``; returns the raw results."""
     record = Recorder()
@@ -319,6 +406,8 @@ def run_all(plan: Plan, skip: set[str], workdir: Path) -> dict[str, Any]:
                                     settings[setting], plan.latency_n, workdir / "latency")
                     for setting in ("embedded", "moto")
                 }
+            if "aws-latency" not in skip:
+                results["aws_latency"] = measure_aws_latency(record, srv, plan, workdir)
             if "large" not in skip:
                 results["large"] = measure_large(record, srv, plan, workdir)
         finally:
@@ -340,6 +429,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"jobs per moto/SeaweedFS/Celery/floor run (default {Plan.aws_jobs})")
     parser.add_argument("--runs", type=int,
                         help=f"runs per throughput setting and mode (default {Plan.runs})")
+    parser.add_argument("--aws-latency-jobs", type=int,
+                        help=f"jobs per run through the AWS-latency proxy (default {Plan.aws_latency_jobs})")
+    parser.add_argument("--aws-latency-runs", type=int,
+                        help=f"runs per measurement through the proxy (default {Plan.aws_latency_runs})")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the report to write")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the raw JSON goes")
@@ -348,7 +441,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = args.skip_parts - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}: choose from {', '.join(PARTS)}")
-    for name in ("jobs", "aws_jobs", "runs"):
+    for name in ("jobs", "aws_jobs", "runs", "aws_latency_jobs", "aws_latency_runs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -357,7 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def make_plan(args: argparse.Namespace) -> Plan:
     """The plan the arguments ask for."""
     plan = Plan.quick() if args.quick else Plan()
-    changes = {name: getattr(args, name) for name in ("jobs", "aws_jobs", "runs") if getattr(args, name)}
+    names = ("jobs", "aws_jobs", "runs", "aws_latency_jobs", "aws_latency_runs")
+    changes = {name: getattr(args, name) for name in names if getattr(args, name)}
     return Plan(**{**asdict(plan), **changes})
 
 
