@@ -65,12 +65,13 @@ def test_forged_tampered_unsigned_stale_and_pickled_messages_never_reach_a_handl
         ("unknown-key", Keyring.parse("k9:" + "x" * 32).sign(_envelope("forged"))),
         ("stale", keyring.sign(_envelope("stale"), now=time.time() - 30 * 24 * 3600)),
         ("unsigned", base64.b64encode(pickle.dumps({"job": "pickled"})).decode()),  # never unpickled
+        ("unsigned", _envelope("malformed")[:-1] + ',"sig":"' + "0" * 64 + '"}'),  # a sig, no key id
     ]
     for _, body in injected:
         signed.message_queue.send(_pending(signed), body)
 
     assert _run(signed) == []
-    assert dict(signed.rejected) == {"unsigned": 2, "bad-signature": 1, "unknown-key": 1, "stale": 1}
+    assert dict(signed.rejected) == {"unsigned": 3, "bad-signature": 1, "unknown-key": 1, "stale": 1}
     letters = signed.dead_letters()
     assert sorted(letter.reason.split(":")[0] for letter in letters) == sorted(r for r, _ in injected)
     assert signed.redrive() == 0  # a refused message is never signed afresh and sent back
