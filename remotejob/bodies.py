@@ -11,8 +11,9 @@ import hashlib
 import io
 import mimetypes
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
@@ -91,10 +92,14 @@ class VerifyingReader(io.RawIOBase):
 
     def _check(self) -> None:
         if self._reader.hexdigest() != self._expected:
-            raise IntegrityError(
-                f"{self._what} does not match the SHA-256 recorded when it was written "
-                f"(read {self._reader.size} bytes): the stored copy was damaged or altered"
-            )
+            raise _mismatch(self._what, self._reader.size)
+
+
+def _mismatch(what: str, size: int) -> IntegrityError:
+    return IntegrityError(
+        f"{what} does not match the SHA-256 recorded when it was written "
+        f"(read {size} bytes): the stored copy was damaged or altered"
+    )
 
 
 def verified(stream: IO[bytes], sha256: str | None, what: str) -> BinaryIO:
@@ -170,6 +175,50 @@ def open_body(value: BodyLike, what: str = "body") -> Iterator[Prepared]:
     else:
         reader = HashingReader(value)
         yield Prepared(reader, reader)  # type: ignore[arg-type]
+
+
+def save_atomically(
+    path: str | os.PathLike[str],
+    fill: Callable[[int], Generator[bytes | memoryview, None, None]],
+    sha256: str | None,
+    what: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write a body into ``path`` atomically and return its size: ``fill(fd)`` writes it into a
+    temporary file in the same folder and yields it in order (see ``StoredObject._fill``); what
+    it yields is hashed and, with ``sha256``, checked before the file is renamed to ``path``.
+    On any failure the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        IntegrityError: the body does not match ``sha256``.
+    """
+    target = os.fspath(path)
+    tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.part"
+    digest, size = hashlib.sha256(), 0
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        try:
+            with closing(fill(fd)) as chunks:
+                for chunk in chunks:
+                    if not chunk:  # the object was replaced: its writer starts over
+                        if progress is not None and size:
+                            progress(-size)
+                        digest, size = hashlib.sha256(), 0
+                        continue
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+        finally:
+            os.close(fd)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise _mismatch(what, size)
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return size
 
 
 def copy_to_file(stream: BinaryIO, path: str | os.PathLike[str]) -> int:

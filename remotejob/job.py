@@ -108,8 +108,14 @@ class Job:
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Stream the job's input body into ``path`` (written atomically: nothing is left there
         if reading fails or the bytes do not match) and return the path."""
-        with self.open() as stream:
-            copy_to_file(stream, path)
+        envelope = self.delivery.envelope
+        if envelope.inline_body() is not None:
+            with self.open() as stream:
+                copy_to_file(stream, path)
+            return Path(path)
+        key = envelope.input or keys.input_key(self.key)
+        obj = self.delivery.ctx.store.get(key)
+        obj.checked(self._input_sha256(), f"input {key!r}").save(path)
         return Path(path)
 
     def acknowledge(self) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, config, dead, keys, lifecycle, records
 from .backends.base import Message, MessageQueue, ObjectStore, StoredObject
-from .bodies import parse_entry, verified
+from .bodies import parse_entry
 from .context import DEFAULT_STATUSES, Context
 from .envelope import DeadLetter, Envelope
 from .errors import JobFailed, WaitTimeout
@@ -154,10 +154,7 @@ class Queue:
             IntegrityError: (while reading) the bytes do not match ``sha256``.
         """
         full_key = keys.object_key(direction, key)
-        obj = self.object_store.get(full_key)
-        if sha256 is None:
-            return obj
-        return StoredObject(obj.info, verified(obj.open(), sha256, f"object {full_key!r}"))
+        return self.object_store.get(full_key).checked(sha256, f"object {full_key!r}")
 
     def output(self, job_id: str, asset: str, sha256: str | None = None) -> StoredObject:
         """Open one output of a job: ``out/<job-id>/<asset>`` (``retrieve("out", ...)`` of

@@ -61,6 +61,13 @@ TRANSFER.max_in_memory_upload_chunks = 3  # a stream's parts read ahead of the 4
 """Bounded streaming: a stream's upload holds about seven 8 MiB parts, whatever its size; a
 file's parts are read from disk by the uploading threads (``S3Store._upload_file``)."""
 
+DOWNLOAD_PART = 8 * 1024 * 1024
+DOWNLOAD_CONCURRENCY = 8
+"""A body saved to a file (``StoredObject.save``, ``job.download``) that is larger than one part
+is fetched in parts of at least this size (s3transfer's; up to 4 times more for a body of over
+4 parts per thread) by this many parallel ranged GETs, written at their offsets: about 1 MiB of
+memory per thread, whatever the body's size."""
+
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 """Longer than SQS's 20 s long poll plus a slow S3 part upload's response."""

@@ -7,17 +7,34 @@ import io
 import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, NotFound
 from ..limits import decode_metadata, encode_metadata, validate_key, validate_metadata, validate_sse
-from ._aws import TRANSFER, LazyClient, NoSuchBucket, NotSupported, Translate, error_code, http_status
-from .base import Body, ObjectInfo, StoredObject
+from ._aws import (
+    DOWNLOAD_CONCURRENCY,
+    DOWNLOAD_PART,
+    TRANSFER,
+    LazyClient,
+    NoSuchBucket,
+    NotSupported,
+    Translate,
+    error_code,
+    http_status,
+)
+from .base import Body, ObjectInfo, StoredObject, write_at
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -124,6 +141,11 @@ class S3Store:
         self._create_bucket = create_bucket
         self._bucket_known = False
         self._client = LazyClient("s3", endpoint_url, region, session)
+
+    download_part_size = DOWNLOAD_PART
+    """Saved to a file, a body larger than this is fetched in parts of this size, in parallel."""
+    download_concurrency = DOWNLOAD_CONCURRENCY
+    """How many ranged GETs one save runs at once."""
 
     def __repr__(self) -> str:
         return f"S3Store({self.location!r})"
@@ -374,8 +396,7 @@ class S3Store:
         call = self._call("reading", key)
         with call:
             reply = self._s3.get_object(Bucket=self.bucket, Key=full)
-        raw = _Body(reply["Body"], call)
-        return StoredObject(self._info(key, reply), io.BufferedReader(raw, _READ_BUFFER))
+        return _S3Object(self, full, call, reply)
 
     def head(self, key: str) -> ObjectInfo:
         """Return the object's info without its body.
@@ -492,3 +513,212 @@ class _Body(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+_CHANGED_ATTEMPTS = 3
+"""Downloads started over because the object was replaced (or deleted) under them, at most."""
+_PART_ATTEMPTS = 4
+"""Reads of one part, resumed where they stopped after a lost connection, at most."""
+_STREAM_ERRORS = (ReadTimeoutError, ResponseStreamingError, IncompleteReadError, ConnectionClosedError)
+_IO_CHUNK = 1024 * 1024
+_GONE = {"PreconditionFailed", "412", "NoSuchKey", "NotFound", "404"}
+
+
+class _Changed(Exception):
+    """The object is no longer the version the download started on (If-Match failed)."""
+
+
+class _S3Object(StoredObject):
+    """An S3 object opened by one GET: :meth:`open` and :meth:`read` stream that response.
+
+    :meth:`save` of a body larger than ``S3Store.download_part_size`` writes it in parts at
+    their offsets, ``download_concurrency`` ranged GETs at a time (the first part from the open
+    response), each pinned with ``If-Match`` to the ETag of the first GET so that a body replaced
+    meanwhile cannot yield a mix of two versions: the download then starts over on the new one.
+    The bytes are handed on in order, read back from the file as the parts fill it, so the
+    caller's SHA-256 check runs alongside the download; memory stays at about one chunk per
+    thread whatever the size.
+    """
+
+    def __init__(self, store: S3Store, full: str, call: Translate, reply: Mapping[str, Any]) -> None:
+        self._store, self._full, self._call = store, full, call
+        self._body: Any = reply["Body"]
+        self._etag = str(reply.get("ETag") or "")
+        info = store._info(full[len(store.prefix) :], reply)
+        super().__init__(info, io.BufferedReader(_Body(self._body, call), _READ_BUFFER))
+
+    def _fill(self, fd: int) -> Generator[bytes | memoryview, None, None]:
+        for attempt in range(1, _CHANGED_ATTEMPTS + 1):
+            try:
+                if self.size <= self._store.download_part_size or not self._etag or self._opened is not None:
+                    yield from super()._fill(fd)
+                else:
+                    yield from self._parts(fd)
+                return
+            except _Changed:
+                self._stream.close()
+                if attempt == _CHANGED_ATTEMPTS:
+                    raise BackendUnavailable(
+                        f"S3 at {self._store.endpoint()}: {self._call.subject} was replaced "
+                        f"{attempt} times while being downloaded; try again"
+                    ) from None
+                logger.info("%s was replaced while being downloaded; starting over", self._call.subject)
+            os.ftruncate(fd, 0)
+            yield b""  # the caller discards what it had
+            self._reopen()
+
+    def _reopen(self) -> None:
+        with self._call:
+            reply = self._store._s3.get_object(Bucket=self._store.bucket, Key=self._full)
+        self._body, self._etag = reply["Body"], str(reply.get("ETag") or "")
+        self.info = self._store._info(self.key, reply)
+        self._stream = io.BufferedReader(_Body(self._body, self._call), _READ_BUFFER)
+
+    def _ranged(self, start: int, end: int) -> Any:
+        """The body of a GET of bytes ``start`` to ``end - 1`` of the version being downloaded.
+
+        Raises:
+            _Changed: that version is gone (replaced or deleted).
+        """
+        with self._call:
+            try:
+                reply = self._store._s3.get_object(
+                    Bucket=self._store.bucket, Key=self._full, Range=f"bytes={start}-{end - 1}",
+                    IfMatch=self._etag,
+                )
+            except ClientError as exc:
+                if error_code(exc) in _GONE or http_status(exc) in (404, 412):
+                    raise _Changed from exc
+                raise
+        body = reply["Body"]
+        # An endpoint that ignored If-Match, or a range not served as asked, is caught here.
+        served = str(reply.get("ContentRange") or "")
+        if str(reply.get("ETag") or "") != self._etag or served != f"bytes {start}-{end - 1}/{self.size}":
+            body.close()
+            raise _Changed
+        return body
+
+    def _parts(self, fd: int) -> Generator[memoryview, None, None]:
+        download = _Download(self, fd)
+        threads = [
+            threading.Thread(target=download.work, name=f"remotejob-download-{n}", daemon=True)
+            for n in range(min(download.count, download.threads))
+        ]
+        buffer = memoryview(bytearray(_IO_CHUNK))
+        try:
+            for thread in threads:
+                thread.start()
+            done = 0
+            while done < self.size:
+                ready = download.wait_past(done)
+                while done < ready:
+                    n = os.preadv(fd, [buffer[: min(_IO_CHUNK, ready - done)]], done)
+                    if n <= 0:
+                        raise OSError(f"could not read back the file being downloaded at byte {done}")
+                    yield buffer[:n]
+                    done += n
+        finally:
+            download.stop()
+            for thread in threads:
+                if thread.is_alive():
+                    thread.join()
+            self._body.close()
+            buffer.release()
+
+
+class _Download:
+    """The shared state of one parallel download: which parts are taken, how far each is
+    written, the first failure."""
+
+    def __init__(self, obj: _S3Object, fd: int) -> None:
+        self.obj, self.fd, self.size = obj, fd, obj.size
+        # At least download_part_size; larger for a large body (up to 4 times), while each thread
+        # still gets about 4 parts: fewer requests, each costing botocore about 2 ms of CPU.
+        self.threads = max(1, obj._store.download_concurrency)
+        floor = obj._store.download_part_size
+        self.part = max(floor, min(4 * floor, -(-self.size // (4 * self.threads))))
+        self.count = -(-self.size // self.part)
+        self._written = [0] * self.count
+        self._complete = 0
+        """Parts 0 .. _complete-1 are written whole."""
+        self._next = 0
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+
+    def work(self) -> None:
+        """A thread's loop: take the next part not yet taken and write it, until none is left."""
+        try:
+            while True:
+                with self._cond:
+                    if self._stopped or self._error is not None or self._next >= self.count:
+                        return
+                    index = self._next
+                    self._next += 1
+                self._write_part(index)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits
+            with self._cond:
+                if self._error is None:
+                    self._error = exc
+                self._cond.notify_all()
+
+    def wait_past(self, offset: int) -> int:
+        """Wait until more than the first ``offset`` bytes are written; return how many are.
+
+        Raises:
+            The first failure of a part.
+        """
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                while self._complete < self.count and self._written[self._complete] == self._length(
+                    self._complete
+                ):
+                    self._complete += 1
+                ready = self.size if self._complete == self.count else (
+                    self._complete * self.part + self._written[self._complete]
+                )
+                if ready > offset:
+                    return ready
+                self._cond.wait()
+
+    def _length(self, index: int) -> int:
+        return min(self.part, self.size - index * self.part)
+
+    def _write_part(self, index: int) -> None:
+        start = index * self.part
+        end = start + self._length(index)
+        position, failures = start, 0
+        body = self.obj._body if index == 0 else None
+        while position < end:
+            try:
+                if body is None:
+                    body = self.obj._ranged(position, end)
+                while position < end:
+                    if self._stopped:
+                        return
+                    data = body.read(min(_IO_CHUNK, end - position))
+                    if not data:
+                        raise IncompleteReadError(actual_bytes=position - start, expected_bytes=end - start)
+                    write_at(self.fd, data, position)
+                    position += len(data)
+                    with self._cond:
+                        self._written[index] = position - start
+                        self._cond.notify_all()
+            except _STREAM_ERRORS as exc:
+                failures += 1
+                if failures >= _PART_ATTEMPTS:
+                    error = self.obj._call.error(exc)
+                    raise (error or exc) from exc
+                logger.debug("part %d of %s: %s; resuming at byte %d", index, self.obj._call.subject,
+                             type(exc).__name__, position)
+            finally:
+                if body is not None and position < end:  # stopped or failed: drop the rest
+                    if body is not self.obj._body:  # (the first GET's is closed by _parts)
+                        body.close()
+                    body = None

@@ -11,9 +11,8 @@ and the store checks them again, so no backend can be handed a key AWS would ref
 from __future__ import annotations
 
 import os
-import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, BinaryIO, Protocol, runtime_checkable
@@ -40,13 +39,21 @@ class ObjectInfo:
 class StoredObject:
     """An object read from a store: its info and its body as a stream.
 
-    Read the body once, with :meth:`read` (all of it) or :meth:`open` (a binary file object to
-    stream from); use it as a context manager, or call :meth:`close`, to release the stream.
+    Read the body once, with :meth:`read` (all of it), :meth:`open` (a binary file object to
+    stream from) or :meth:`save` (into a file); use it as a context manager, or call
+    :meth:`close`, to release the stream. After :meth:`checked`, each of them checks the body
+    against a recorded SHA-256.
+
+    A store may subclass it to fill a file faster than one stream can (:meth:`_fill`): the S3
+    store fetches a large body's parts in parallel.
     """
 
     def __init__(self, info: ObjectInfo, stream: BinaryIO) -> None:
         self.info = info
         self._stream = stream
+        self._sha256: str | None = None
+        self._what = f"object {info.key!r}"
+        self._opened: BinaryIO | None = None
 
     @property
     def key(self) -> str:
@@ -68,27 +75,65 @@ class StoredObject:
         """Body size in bytes."""
         return self.info.size
 
+    def checked(self, sha256: str | None, what: str | None = None) -> StoredObject:
+        """Check the body against ``sha256`` however it is read, and return this object.
+
+        :meth:`open` and :meth:`read` raise :class:`~remotejob.errors.IntegrityError` on the read
+        that reaches the end of a body that does not match, before end-of-file is returned;
+        :meth:`save` raises it and leaves nothing at its path. None checks nothing.
+        ``what`` names the body in the error (default: the object and its key).
+        """
+        if sha256 is not None:
+            self._sha256 = sha256
+            self._what = what or self._what
+        return self
+
     def open(self) -> BinaryIO:
         """Return the body as a binary file object, streamed from the store."""
-        return self._stream
+        if self._opened is None:
+            from ..bodies import verified  # bodies imports this module
+
+            self._opened = verified(self._stream, self._sha256, self._what)
+        return self._opened
 
     def read(self) -> bytes:
         """Read and return the whole body, then close the stream."""
         try:
-            return self._stream.read()
+            return self.open().read()
         finally:
             self.close()
 
-    def save(self, path: str) -> None:
-        """Stream the body into the file at ``path`` (which is overwritten), then close."""
+    def save(self, path: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> None:
+        """Write the body into the file at ``path``, then close.
+
+        The file is written under a temporary name in the same folder and renamed to ``path``
+        once complete (and checked, after :meth:`checked`): if reading fails or the bytes do not
+        match, nothing is left at ``path`` and a file already there is untouched.
+        ``progress``, if given, is called with the number of bytes each step added.
+
+        Raises:
+            IntegrityError: after :meth:`checked`, the body does not match its SHA-256.
+        """
+        from ..bodies import save_atomically  # bodies imports this module
+
         try:
-            with open(path, "wb") as out:
-                shutil.copyfileobj(self._stream, out, 1024 * 1024)
+            save_atomically(path, self._fill, self._sha256, self._what, progress)
         finally:
             self.close()
+
+    def _fill(self, fd: int) -> Generator[bytes | memoryview, None, None]:
+        """Write the whole body into ``fd`` (a new, empty file open for reading and writing) from
+        offset 0, and yield all of it, in order, as it is written (each chunk valid until the
+        next is asked for). A store whose object was replaced while it was being written
+        yields an empty chunk and starts again from offset 0 with the new one."""
+        while chunk := self._stream.read(_SAVE_CHUNK):
+            write_at(fd, chunk, None)
+            yield chunk
 
     def close(self) -> None:
         """Release the body stream."""
+        if self._opened is not None:
+            self._opened.close()
         self._stream.close()
 
     def __enter__(self) -> StoredObject:
@@ -104,6 +149,19 @@ class StoredObject:
 
     def __repr__(self) -> str:
         return f"StoredObject(key={self.key!r}, size={self.size}, content_type={self.content_type!r})"
+
+
+_SAVE_CHUNK = 1024 * 1024
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int | None) -> None:
+    """Write all of ``data`` to ``fd``: at ``offset`` (``os.pwrite``), or at its position."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
 
 
 @runtime_checkable
