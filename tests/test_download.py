@@ -7,6 +7,7 @@ embedded store has none and streams) so that a small body takes that path on the
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 
 import remotejob
 from remotejob import keys
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, unique
+from tests.proxy import Proxy
 
 PART = 64 * 1024
 SIZE = 20 * PART + 12345  # 21 parts, the last one short
@@ -164,3 +166,64 @@ def test_a_body_replaced_mid_download_is_one_version_or_fails_its_sha256(
     assert [p.name for p in tmp_path.iterdir()] in ([], ["output.bin"])  # no temporary file left
     q.output(job_id, "output").save(target)  # unchecked, the new version reads whole
     assert target.read_bytes() == new
+
+
+def _s3_store_behind(backend: BackendSetup, proxy: Proxy) -> Any:
+    from remotejob.backends.aws import S3Store
+
+    assert backend.bucket is not None
+    store = S3Store(backend.bucket, unique("p-"), endpoint_url=proxy.url)
+    store.download_part_size = PART
+    store.download_concurrency = 4
+    return store
+
+
+@pytest.mark.parametrize("backend", ["aws", "aws-real-s3"], indirect=True)
+def test_a_part_whose_reply_is_cut_short_is_resumed_where_it_stopped(
+    backend: BackendSetup, tmp_path: Path
+) -> None:
+    cut: list[int] = []
+
+    def cut_three_ranged_replies(request_headers: Any, request_body: bytes, status: int,
+                                 headers: list[tuple[str, str]], body: bytes) -> tuple[int, Any, bytes]:
+        if status == 206 and request_headers.get("Range") and len(cut) < 3:
+            cut.append(len(body))
+            return status, headers, body[: len(body) // 2]
+        return status, headers, body
+
+    assert backend.s3_endpoint is not None
+    with Proxy(backend.s3_endpoint, rewrite=cut_three_ranged_replies) as proxy:
+        store = _s3_store_behind(backend, proxy)
+        body = os.urandom(SIZE)
+        store.put("cut", body)
+        with store.get("cut") as obj:
+            obj.checked(hashlib.sha256(body).hexdigest()).save(tmp_path / "cut.bin")
+
+    assert len(cut) == 3
+    assert (tmp_path / "cut.bin").read_bytes() == body
+
+
+@pytest.mark.parametrize("backend", ["aws", "aws-real-s3"], indirect=True)
+def test_an_endpoint_that_does_not_serve_ranges_still_gets_the_whole_body_saved(
+    backend: BackendSetup, tmp_path: Path
+) -> None:
+    ignored: list[str] = []
+    whole = os.urandom(SIZE)
+
+    def as_if_ranges_were_ignored(request_headers: Any, request_body: bytes, status: int,
+                                  headers: list[tuple[str, str]], body: bytes) -> tuple[int, Any, bytes]:
+        if status == 206:  # answered as an endpoint without ranges would: 200 and the whole body
+            ignored.append(str(request_headers.get("Range")))
+            return 200, [(k, v) for k, v in headers if k.lower() != "content-range"], whole
+        return status, headers, body
+
+    assert backend.s3_endpoint is not None
+    with Proxy(backend.s3_endpoint, rewrite=as_if_ranges_were_ignored) as proxy:
+        store = _s3_store_behind(backend, proxy)
+        body = whole
+        store.put("whole", body)
+        with store.get("whole") as obj:
+            obj.checked(hashlib.sha256(body).hexdigest()).save(tmp_path / "whole.bin")
+
+    assert ignored, "no ranged GET was made"
+    assert (tmp_path / "whole.bin").read_bytes() == body

@@ -528,6 +528,10 @@ class _Changed(Exception):
     """The object is no longer the version the download started on (If-Match failed)."""
 
 
+class _NoRanges(Exception):
+    """The endpoint answered a ranged GET with other bytes than asked for."""
+
+
 class _S3Object(StoredObject):
     """An S3 object opened by one GET: :meth:`open` and :meth:`read` stream that response.
 
@@ -548,13 +552,20 @@ class _S3Object(StoredObject):
         super().__init__(info, io.BufferedReader(_Body(self._body, call), _READ_BUFFER))
 
     def _fill(self, fd: int) -> Generator[bytes | memoryview, None, None]:
-        for attempt in range(1, _CHANGED_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 if self.size <= self._store.download_part_size or not self._etag or self._opened is not None:
                     yield from super()._fill(fd)
                 else:
                     yield from self._parts(fd)
                 return
+            except _NoRanges:
+                logger.warning("S3 at %s does not serve byte ranges as asked: downloads stream",
+                               self._store.endpoint())
+                self._store.download_part_size = 1 << 62
+                self._stream.close()
             except _Changed:
                 self._stream.close()
                 if attempt == _CHANGED_ATTEMPTS:
@@ -591,11 +602,12 @@ class _S3Object(StoredObject):
                     raise _Changed from exc
                 raise
         body = reply["Body"]
-        # An endpoint that ignored If-Match, or a range not served as asked, is caught here.
-        served = str(reply.get("ContentRange") or "")
-        if str(reply.get("ETag") or "") != self._etag or served != f"bytes {start}-{end - 1}/{self.size}":
+        if str(reply.get("ETag") or "") != self._etag:  # an endpoint that ignored If-Match
             body.close()
             raise _Changed
+        if str(reply.get("ContentRange") or "") != f"bytes {start}-{end - 1}/{self.size}":
+            body.close()
+            raise _NoRanges
         return body
 
     def _parts(self, fd: int) -> Generator[memoryview, None, None]:
