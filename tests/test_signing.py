@@ -173,3 +173,33 @@ def test_a_replayed_pipeline_hand_off_does_not_run_its_stage_again(
     assert stages == [("pending", job_id), ("second", job_id)]
     assert q.wait(job_id, timeout=10).state == "completed"
     assert q.output(job_id, "done").read() == b"two stages (half) (done)"
+
+
+def test_a_failed_signed_job_sent_back_by_redrive_runs_again(
+    backend: BackendSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redrive signs a dead-lettered job's message afresh (its old signature stripped first): the
+    worker accepts it and the job completes."""
+    monkeypatch.setenv("REMOTEJOB_SIGNING_KEY", KEY)
+    q: remotejob.Queue = backend.connect(wait_time=1, visibility_timeout=5, max_attempts=1)
+    job_id = q.submit({"body": b"fix me"})
+
+    def broken(job: remotejob.Job) -> None:
+        raise RuntimeError("not yet")
+
+    q.work(broken, burst=True, handle_signals=False)
+    assert q.status(job_id).state == "failed"
+    assert q.redrive() == 1
+    assert _run(q) == [job_id]
+    assert q.status(job_id).state == "completed" and sum(q.rejected.values()) == 0
+
+
+@pytest.mark.parametrize("secret", ["x" * 16, "with:colons:" + "y" * 16])
+def test_a_key_of_the_minimum_length_or_with_colons_in_its_secret_signs_and_verifies(secret: str) -> None:
+    keyring = Keyring.parse(f"k7:{secret}")
+    signed = keyring.sign(_envelope("ok"))
+    assert json.loads(signed)["kid"] == "k7"
+    keyring.verify(signed)
+    Keyring.parse(f"k8:{secret},k7:{secret}").verify(signed)  # found by its id, secret intact
+    with pytest.raises(remotejob.ConfigError):
+        Keyring.parse("k7:" + "x" * 15)
