@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from .. import records
-from ..bodies import copy_to_file
 from ..errors import NotFound, WaitTimeout
 from ..queue import Queue
 from ..status import JobStatus
@@ -269,10 +268,11 @@ def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> l
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         with q.output(st.id, name, _digest(st, name)) as obj, progress() as bar:
-            stream: Any = obj.open()
+            advance = None
             if obj.size >= PROGRESS_MIN_BYTES:
-                stream = ProgressReader(stream, bar, bar.add_task(f"download {name}", total=obj.size))
-            copy_to_file(stream, target)
+                task = bar.add_task(f"download {name}", total=obj.size)
+                advance = lambda n, task=task: bar.advance(task, n)  # noqa: E731
+            obj.save(target, progress=advance)  # in parts from S3, checked, renamed into place
         written.append(str(target))
     return written
 
