@@ -15,11 +15,13 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from .backends.base import Body
 from .errors import IntegrityError, NotFound
 from .limits import validate_key, validate_metadata
+
+if TYPE_CHECKING:  # base.py imports this module's readers when a body is opened
+    from .backends.base import Body
 
 BodyLike = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
 """What the public API accepts as a body."""
