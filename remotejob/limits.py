@@ -68,6 +68,9 @@ def validate_key(key: object) -> str:
         InvalidKey: empty, not a str, over 1,024 UTF-8 bytes, absolute, with a ``.`` or ``..``
             segment, with NUL, or not encodable as UTF-8.
     """
+    if (type(key) is str and key.isascii() and 0 < len(key) <= MAX_KEY_BYTES and "." not in key
+            and "\x00" not in key and key[0] != "/"):
+        return key  # the common case (ASCII, no dot): none of the checks below can refuse it
     if not isinstance(key, str):
         raise InvalidKey(f"object key must be a str, got {type(key).__name__}")
     if not key:
