@@ -59,8 +59,9 @@ class Heartbeat:
     def hold(self, job: Job) -> None:
         """Keep ``job``'s message invisible from now on, until :meth:`release`."""
         with self._cond:
+            if not self._due:  # else the thread already wakes for an earlier job
+                self._cond.notify()
             self._due[job] = time.monotonic() + self.interval
-            self._cond.notify()
 
     def release(self, job: Job) -> None:
         """Stop extending ``job``'s message; returns once no extension of it is under way."""

@@ -111,8 +111,11 @@ _signals_lock = threading.Lock()
 
 
 def _signal_for(path: Path) -> _Signal:
-    with _signals_lock:
-        return _signals.setdefault(path, _Signal())
+    signal = _signals.get(path)
+    if signal is None:
+        with _signals_lock:
+            signal = _signals.setdefault(path, _Signal())
+    return signal
 
 
 def _forget_signals() -> None:
