@@ -13,7 +13,7 @@ import pytest
 
 from remotejob.backends.base import OutgoingMessage, QueueAttributes
 from remotejob.outbox import Finished, Outbox
-from tests.conftest import BackendSetup, unique
+from tests.conftest import BackendSetup, unique, wait_until
 from tests.faults import Faults, FaultyQueues
 
 
@@ -80,3 +80,17 @@ def test_large_notices_are_split_over_requests_not_lost(backend: BackendSetup) -
     assert sorted(body.split()[0] for body in _notices(queues, notices)) == sorted(str(n) for n in range(10))
     assert queues.depth(work).in_flight + queues.depth(work).waiting == 0
     assert faults.count("queue.send_batch", notices) >= 3
+
+
+def test_a_running_outbox_sends_ten_waiting_jobs_in_one_request_each(backend: BackendSetup) -> None:
+    queues, faults, work, notices, messages = _setup(backend, 10)
+    outbox = Outbox(queues, linger_s=60)  # only a full batch (or closing) sends
+    outbox.start()
+    try:
+        for n, message in enumerate(messages):
+            outbox.put(Finished(work, message.receipt, notices, f"notice {n}"))
+        wait_until(lambda: faults.count("queue.delete_batch") >= 1, what="the full batch to be sent")
+    finally:
+        outbox.close()
+    assert faults.count("queue.send_batch", notices) == 1 and faults.count("queue.delete_batch") == 1
+    assert sorted(_notices(queues, notices)) == sorted(f"notice {n}" for n in range(10))
