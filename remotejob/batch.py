@@ -184,8 +184,13 @@ def _send(
         send(batches[0])
     else:  # a few requests in flight at once: under network latency, ~SENDERS times sooner
         with ThreadPoolExecutor(min(SENDERS, len(batches)), thread_name_prefix="remotejob-send") as pool:
-            for _ in pool.map(send, batches):
-                pass
+            futures = [pool.submit(send, batch) for batch in batches]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException as exc:  # noqa: BLE001 - e.g. Ctrl-C while waiting: send no more
+                with lock:
+                    error = error or exc
     if error is None:
         return [job.id for job in jobs]
     _forget(ctx, jobs, failed, batch_id, status, now)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import signal
 import socket
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import remotejob
-from tests.conftest import BackendSetup
+from tests.conftest import BackendSetup, wait_until
 from tests.faults import connect_faulty
 
 
@@ -186,3 +189,38 @@ def test_a_batch_cut_short_keeps_only_the_jobs_sent(backend: BackendSetup) -> No
             q.status(f"{batch_id}-{unsent}")
 
 
+
+
+def test_submit_interrupted_while_its_sends_are_in_flight_sends_no_more(backend: BackendSetup) -> None:
+    """Ctrl-C while submit_many waits for its requests in flight: those finish, the batches not
+    yet started are never sent and are removed again, and the caller learns which jobs went."""
+    q, faults = connect_faulty(backend)
+    q.init()
+    release, interrupted = threading.Event(), threading.Event()
+    in_flight = 4  # batch.SENDERS
+    faults.delay("queue.send_batch", until=release, times=in_flight)
+
+    def ctrl_c(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def interrupt() -> None:
+        wait_until(lambda: faults.count("queue.send_batch") >= in_flight, what="four sends in flight")
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        interrupted.wait(30)
+        release.set()
+
+    previous = signal.signal(signal.SIGUSR1, ctrl_c)
+    helper = threading.Thread(target=interrupt)
+    helper.start()
+    try:
+        with pytest.raises(remotejob.BatchPartlyFailed) as caught:
+            q.submit_many({"body": f"job {i}"} for i in range(60))
+    finally:
+        release.set()
+        helper.join(30)
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert len(caught.value.done) == 40 and len(caught.value.failed) == 20
+    assert q.message_queue.depth(q.queue_name("pending")).waiting == 40

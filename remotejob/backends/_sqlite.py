@@ -168,7 +168,8 @@ class Database:
         Group commit: the writes that this process's threads queue while another group commits
         go into the next transaction together, each inside its own savepoint, so that one
         ``COMMIT`` (one fsync) serves them all and an op that fails undoes only its own changes.
-        An op may run on another thread's connection, so it uses only the one it is given.
+        An op may run on another thread's connection, so it uses only the one it is given, and
+        it must not write to this database itself (the writers' lock is held while it runs).
         """
         writers = self._writers()
         pending = _Pending(op)
