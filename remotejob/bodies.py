@@ -23,6 +23,8 @@ from .limits import validate_key, validate_metadata
 if TYPE_CHECKING:  # base.py imports this module's readers when a body is opened
     from .backends.base import Body
 
+_SAVE_CHUNK = 1024 * 1024
+
 BodyLike = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
 """What the public API accepts as a body."""
 
@@ -223,22 +225,30 @@ def save_atomically(
     return size
 
 
-def copy_to_file(stream: BinaryIO, path: str | os.PathLike[str]) -> int:
-    """Stream ``stream`` into ``path`` atomically (temp file in the same folder, then rename)."""
-    target = os.fspath(path)
-    tmp = f"{target}.{os.getpid()}.part"
-    size = 0
-    try:
-        with open(tmp, "wb") as out:
-            while chunk := stream.read(1024 * 1024):
-                out.write(chunk)
-                size += len(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return size
+def copy_to_file(stream: IO[bytes], path: str | os.PathLike[str]) -> int:
+    """Stream ``stream`` into ``path`` atomically (see :func:`save_atomically`); return its size."""
+    return save_atomically(path, stream_into(stream), None, "body")
+
+
+def stream_into(stream: IO[bytes]) -> Callable[[int], Generator[bytes | memoryview, None, None]]:
+    """A ``fill`` for :func:`save_atomically` that copies ``stream`` into the file, in order."""
+
+    def fill(fd: int) -> Generator[bytes | memoryview, None, None]:
+        while chunk := stream.read(_SAVE_CHUNK):
+            write_at(fd, chunk, None)
+            yield chunk
+
+    return fill
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int | None) -> None:
+    """Write all of ``data`` to ``fd``: at ``offset`` (``os.pwrite``), or at its position."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[n:]
+        if offset is not None:
+            offset += n
 
 
 @dataclass

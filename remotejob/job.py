@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from . import keys, lifecycle
-from .bodies import Entry, copy_to_file, parse_entry, verified
+from .backends.base import StoredObject
+from .bodies import Entry, copy_to_file, parse_entry
 from .lifecycle import Delivery
 from .status import JobStatus
 
@@ -68,10 +69,10 @@ class Job:
     def input_key(self) -> str | None:
         """The store key of this stage's input: ``in/<key>``, or the previous stage's output;
         None when the input travels inline in the message."""
-        envelope = self.delivery.envelope
-        if envelope.body is not None:
-            return None
-        return envelope.input or keys.input_key(self.key)
+        return None if self.delivery.envelope.body is not None else self._store_key()
+
+    def _store_key(self) -> str:
+        return self.delivery.envelope.input or keys.input_key(self.key)
 
     @property
     def finished(self) -> bool:
@@ -88,13 +89,13 @@ class Job:
         Raises:
             NotFound: the input was removed.
         """
-        envelope = self.delivery.envelope
-        inline = envelope.inline_body()
-        if inline is not None:
-            return io.BytesIO(inline)
-        key = envelope.input or keys.input_key(self.key)
-        store = self.delivery.ctx.store
-        return verified(store.get(key).open(), self._input_sha256(), f"input {key!r}")
+        inline = self.delivery.envelope.inline_body()
+        return io.BytesIO(inline) if inline is not None else self._stored_input().open()
+
+    def _stored_input(self) -> StoredObject:
+        """The input in the store, checked against its recorded SHA-256 however it is read."""
+        key = self._store_key()
+        return self.delivery.ctx.store.get(key).checked(self._input_sha256(), f"input {key!r}")
 
     def _input_sha256(self) -> str | None:
         envelope = self.delivery.envelope
@@ -108,14 +109,11 @@ class Job:
     def download(self, path: str | os.PathLike[str]) -> Path:
         """Stream the job's input body into ``path`` (written atomically: nothing is left there
         if reading fails or the bytes do not match) and return the path."""
-        envelope = self.delivery.envelope
-        if envelope.inline_body() is not None:
-            with self.open() as stream:
-                copy_to_file(stream, path)
-            return Path(path)
-        key = envelope.input or keys.input_key(self.key)
-        obj = self.delivery.ctx.store.get(key)
-        obj.checked(self._input_sha256(), f"input {key!r}").save(path)
+        inline = self.delivery.envelope.inline_body()
+        if inline is None:
+            self._stored_input().save(path)  # from S3 in parallel parts, checked
+        else:
+            copy_to_file(io.BytesIO(inline), path)
         return Path(path)
 
     def acknowledge(self) -> None:

@@ -277,7 +277,6 @@ def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
     return decode_status(job_id, raw)
 
 
-
 def recent_jobs(store: ObjectStore) -> list[str]:
     """Every job id in the store, most recently updated first (``remotejob ls``)."""
     latest: dict[str, float] = {}

@@ -21,6 +21,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from ..bodies import write_at
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, NotFound
 from ..limits import decode_metadata, encode_metadata, validate_key, validate_metadata, validate_sse
 from ._aws import (
@@ -34,7 +35,7 @@ from ._aws import (
     error_code,
     http_status,
 )
-from .base import Body, ObjectInfo, StoredObject, write_at
+from .base import Body, ObjectInfo, StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

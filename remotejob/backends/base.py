@@ -126,9 +126,9 @@ class StoredObject:
         offset 0, and yield all of it, in order, as it is written (each chunk valid until the
         next is asked for). A store whose object was replaced while it was being written
         yields an empty chunk and starts again from offset 0 with the new one."""
-        while chunk := self._stream.read(_SAVE_CHUNK):
-            write_at(fd, chunk, None)
-            yield chunk
+        from ..bodies import stream_into  # bodies imports this module
+
+        yield from stream_into(self._stream)(fd)
 
     def close(self) -> None:
         """Release the body stream."""
@@ -149,19 +149,6 @@ class StoredObject:
 
     def __repr__(self) -> str:
         return f"StoredObject(key={self.key!r}, size={self.size}, content_type={self.content_type!r})"
-
-
-_SAVE_CHUNK = 1024 * 1024
-
-
-def write_at(fd: int, data: bytes | memoryview, offset: int | None) -> None:
-    """Write all of ``data`` to ``fd``: at ``offset`` (``os.pwrite``), or at its position."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
-        view = view[n:]
-        if offset is not None:
-            offset += n
 
 
 @runtime_checkable
