@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -270,8 +271,7 @@ def fetch_outputs(q: Queue, st: JobStatus, folder: Path, asset: str | None) -> l
         with q.output(st.id, name, _digest(st, name)) as obj, progress() as bar:
             advance = None
             if obj.size >= PROGRESS_MIN_BYTES:
-                task = bar.add_task(f"download {name}", total=obj.size)
-                advance = lambda n, task=task: bar.advance(task, n)  # noqa: E731
+                advance = partial(bar.advance, bar.add_task(f"download {name}", total=obj.size))
             obj.save(target, progress=advance)  # in parts from S3, checked, renamed into place
         written.append(str(target))
     return written
