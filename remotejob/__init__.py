@@ -14,16 +14,20 @@ from .errors import (
     AlreadyExists,
     BackendUnavailable,
     BatchPartlyFailed,
+    Cancelled,
     ConfigError,
     EnvelopeError,
     IntegrityError,
     InvalidKey,
     InvalidReceipt,
+    JobCancelled,
     JobFailed,
     MetadataError,
     NotFound,
+    NotRetryable,
     PayloadTooLarge,
     RemoteJobError,
+    TimeLimitExceeded,
     UncertainResult,
     UnknownStatus,
     VisibilityLimit,
@@ -31,15 +35,17 @@ from .errors import (
 )
 from .job import Job
 from .queue import Queue, connect
-from .status import JobStatus, Output
+from .status import Attempt, JobStatus, Output, Progress
 from .worker import Handler, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "Attempt",
     "BackendUnavailable",
     "BatchPartlyFailed",
+    "Cancelled",
     "ConfigError",
     "DeadLetter",
     "EnvelopeError",
@@ -48,15 +54,19 @@ __all__ = [
     "InvalidReceipt",
     "Handler",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobStatus",
     "MetadataError",
     "NotFound",
+    "NotRetryable",
     "Output",
     "PayloadTooLarge",
+    "Progress",
     "Queue",
     "RemoteJobError",
     "StoredObject",
+    "TimeLimitExceeded",
     "UncertainResult",
     "UnknownStatus",
     "VisibilityLimit",

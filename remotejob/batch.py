@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import threading
 import time
@@ -65,8 +66,25 @@ def store(ctx: Context, direction: str, entry: Entry) -> tuple[str, Prepared]:
     return key, prepared
 
 
-def submit_many(ctx: Context, items: Iterable[Mapping[str, Any]], status: str) -> list[str]:
+def check_time_limit(time_limit: float | None) -> float | None:
+    """A job's time limit as the envelope carries it.
+
+    Raises:
+        ValueError: not a positive, finite number of seconds.
+    """
+    if time_limit is None:
+        return None
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) \
+            or not 0 < time_limit < math.inf:
+        raise ValueError(f"time_limit must be a positive number of seconds or None, got {time_limit!r}")
+    return float(time_limit)
+
+
+def submit_many(
+    ctx: Context, items: Iterable[Mapping[str, Any]], status: str, time_limit: float | None = None
+) -> list[str]:
     """Store (or inline) every item's input, then send them all; see ``Queue.submit_many``."""
+    limit = check_time_limit(time_limit)
     name = ctx.status_queue(status)
     entries = [parse_entry(item) for item in items]
     now = time.time()
@@ -80,15 +98,18 @@ def submit_many(ctx: Context, items: Iterable[Mapping[str, Any]], status: str) -
             if entry.key is None:
                 job.index = generated
                 generated += 1
-            _prepare(ctx, entry, job, status, now)
+            _prepare(ctx, entry, job, status, now, limit)
     except BaseException:
         _undo(ctx, jobs)
         raise
     return _send(ctx, name, status, now, jobs, batch_id)
 
 
-def trigger_many(ctx: Context, job_keys: Iterable[str], status: str) -> list[str]:
+def trigger_many(
+    ctx: Context, job_keys: Iterable[str], status: str, time_limit: float | None = None
+) -> list[str]:
     """Trigger stored inputs in batches; see ``Queue.trigger_many``."""
+    limit = check_time_limit(time_limit)
     name = ctx.status_queue(status)
     now = time.time()
     jobs: list[_Job] = []
@@ -99,7 +120,7 @@ def trigger_many(ctx: Context, job_keys: Iterable[str], status: str) -> list[str
             except NotFound:
                 raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
             records.create_queued(ctx.store, key, status, now)
-            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata)
+            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata, limit=limit)
             jobs.append(_Job(key, ctx.seal(encode(envelope)), recorded=True))
     except BaseException:
         _undo(ctx, jobs)
@@ -107,8 +128,8 @@ def trigger_many(ctx: Context, job_keys: Iterable[str], status: str) -> list[str
     return _send(ctx, name, status, now, jobs, None)
 
 
-def _prepare(ctx: Context, entry: Entry, job: _Job, status: str, now: float) -> None:
-    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata)
+def _prepare(ctx: Context, entry: Entry, job: _Job, status: str, now: float, limit: float | None) -> None:
+    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata, limit=limit)
     if job.index is None:  # the caller named it: refused before anything is written if taken
         records.create_queued(ctx.store, job.id, status, now)
         job.recorded = True

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from . import keys
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes
+from .control import Cancellations
 from .envelope import Envelope, decode, wrap_dead
 from .errors import ConfigError, EnvelopeError, UnknownStatus
 from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_queue_name
@@ -66,6 +67,8 @@ class Context:
         self.queues = queues
         self.signing = signing
         self.rejected: Counter[str] = Counter()
+        self.cancellations = Cancellations(store)
+        """The jobs this process knows to be cancelled (read from the store's cancellation log)."""
         self.lock = threading.Lock()
         self._ensured = False
 

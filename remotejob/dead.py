@@ -105,8 +105,8 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
     """Send dead-lettered jobs back to the status queues they came from; return how many.
 
     A job recorded ``failed`` is reopened (its final and progress records are removed) so it can
-    run again. Messages that are not jobs of a configured status and jobs already completed stay;
-    a second dead letter of a job this redrive sent back is removed.
+    run again. Messages that are not jobs of a configured status and jobs already completed or
+    cancelled stay; a second dead letter of a job this redrive sent back is removed.
     """
     kept: list[Message] = []
     moved: set[str] = set()
@@ -130,8 +130,8 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
                 kept.append(message)
                 continue
         record = records.read(ctx.store, keys.record_key(letter.job, "final"))
-        if record is not None and record.get("state") == "completed":
-            logger.info("not redriving job %s: it completed", letter.job)
+        if record is not None and record.get("state") in ("completed", "cancelled"):
+            logger.info("not redriving job %s: it was %s", letter.job, record.get("state"))
             kept.append(message)
             continue
         lifecycle.reopen(ctx, letter.job, letter.status or "", letter.body)

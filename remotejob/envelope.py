@@ -3,9 +3,10 @@
 ``{"v": 1, "kind": "job", "job": id, "key": key, "meta": {...}, "status": s, "sent": t}``;
 a completion notice (``kind: "notice"``) adds ``"state"`` and, for a failed job, ``"error"``.
 A small input travels inline as ``"body"`` (base64) instead of under ``in/<key>``.
-A pipeline stage's job adds ``"input"`` (the store key of the previous stage's output it reads)
-and ``"outputs"`` (the earlier stages' outputs). Decoding is bounded and validates every field;
-anything else raises :class:`EnvelopeError`.
+A job may carry a ``"limit"`` (its time limit, seconds) and ``"retry"`` (how often
+``Queue.retry()`` sent it again). A pipeline stage's job adds ``"input"`` (the store key of the
+previous stage's output it reads) and ``"outputs"`` (the earlier stages' outputs). Decoding is
+bounded and validates every field; anything else raises :class:`EnvelopeError`.
 
 A message moved to the dead-letter queue by remotejob is wrapped with the reason
 (:func:`wrap_dead`); one moved there by a queue's redrive policy arrives as it was.
@@ -26,10 +27,10 @@ from .limits import MAX_MESSAGE_BYTES, validate_key, validate_metadata
 
 VERSION = 1
 KINDS = ("job", "notice")
-_STATES = ("completed", "failed")
+_STATES = ("completed", "failed", "cancelled")
 _FIELDS = frozenset({
     "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
-    "sha256", "after", "partial",
+    "sha256", "after", "partial", "limit", "retry",
     "at", "kid", "sig",  # the signature (see signing.py)
 })
 _OUTPUT_FIELDS = {"size": int, "sha256": str, "content_type": str, "stage": str}
@@ -61,6 +62,10 @@ class Envelope:
     partial: bool = False
     """``outputs`` lists only part of the outputs (they would not fit in a message): the full
     list is in the record of the stage named by ``after`` (a job), or the final record (a notice)."""
+    limit: float | None = None
+    """The job's time limit in seconds (``submit(..., time_limit=)``), or None."""
+    retry: int = 0
+    """How often ``Queue.retry()`` sent the job again (its earlier runs are in its history)."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -94,6 +99,10 @@ def encode(envelope: Envelope) -> str:
         doc["after"] = envelope.after
     if envelope.partial:
         doc["partial"] = True
+    if envelope.limit is not None:
+        doc["limit"] = envelope.limit
+    if envelope.retry:
+        doc["retry"] = envelope.retry
     return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
@@ -175,6 +184,12 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("field 'after' must be a non-empty string")
     if not isinstance(partial, bool):
         raise EnvelopeError("field 'partial' must be true or false")
+    limit, retry = doc.get("limit"), doc.get("retry", 0)
+    if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool)
+                              or not math.isfinite(limit) or limit <= 0):
+        raise EnvelopeError("field 'limit' must be a positive number of seconds")
+    if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
+        raise EnvelopeError("field 'retry' must be a non-negative integer")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -208,6 +223,8 @@ def decode(body: str) -> Envelope:
         sha256=digest,
         after=after,
         partial=partial,
+        limit=None if limit is None else float(limit),
+        retry=retry,
     )
 
 

@@ -16,6 +16,10 @@ keep working::
     ├── AlreadyExists                     a create-once write lost to an earlier one
     ├── EnvelopeError                     a queue message that is not a remotejob job
     ├── JobFailed                         wait() on a job that ended in failure
+    │   └── JobCancelled                  wait() on a job that was cancelled
+    ├── Cancelled                         job.check() in a handler whose job was cancelled
+    │   └── TimeLimitExceeded             ... or ran past its time limit
+    ├── NotRetryable                      retry() of a job that is not failed or cancelled (also ValueError)
     ├── WaitTimeout                       wait() or next() ran out of time (also TimeoutError)
     └── BackendUnavailable                the store or queue cannot be reached or refuses us
         ├── UncertainResult               a request whose reply was lost: it may have been applied
@@ -92,6 +96,30 @@ class JobFailed(RemoteJobError):
         super().__init__(f"job {job_id!r} failed: {error}")
         self.job_id = job_id
         self.error = error
+
+
+class JobCancelled(JobFailed):
+    """Raised by wait() when the job was cancelled; ``.error`` holds the reason given, if any."""
+
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        RemoteJobError.__init__(self, f"job {job_id!r} was cancelled" + (f": {reason}" if reason else ""))
+        self.job_id = job_id
+        self.error = reason or "cancelled"
+
+
+class Cancelled(RemoteJobError):
+    """Raised by ``job.check()`` in a handler whose job was cancelled: let it propagate (after
+    cleaning up) and the worker records nothing more; the cancel's outcome stands."""
+
+
+class TimeLimitExceeded(Cancelled):
+    """Raised by ``job.check()`` (and ``job.complete()``) once a job ran past its time limit: the
+    worker records the attempt failed with this error, and it is retried like any failure."""
+
+
+class NotRetryable(RemoteJobError, ValueError):
+    """Raised by ``retry()`` for a job that is not failed or cancelled, or whose message a worker
+    has not yet let go of; the message says which."""
 
 
 class WaitTimeout(RemoteJobError, TimeoutError):

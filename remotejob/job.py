@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO
 from . import keys, lifecycle
 from .backends.base import StoredObject
 from .bodies import Entry, copy_to_file, parse_entry
+from .errors import Cancelled, TimeLimitExceeded
 from .lifecycle import Delivery
 from .status import JobStatus
 
@@ -64,6 +66,59 @@ class Job:
     def started(self) -> float:
         """When this delivery's attempt started, seconds since the epoch."""
         return self.delivery.started
+
+    @property
+    def time_limit(self) -> float | None:
+        """Seconds this job may run (its own limit from submit, else the worker's), or None."""
+        return self.delivery.time_limit
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the handler should stop: the job was cancelled, or ran past its time limit
+        (:attr:`stop_reason` says which). Check it in long loops, or call :meth:`check`."""
+        return self.delivery.stop_reason is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """``"cancelled"``, ``"time-limit"``, or None while the job may go on."""
+        return self.delivery.stop_reason
+
+    def check(self) -> None:
+        """Raise if the handler should stop; call it between steps of long work.
+
+        Raises:
+            Cancelled: the job was cancelled; let it propagate (the cancel's outcome stands and
+                the job is not retried).
+            TimeLimitExceeded: the job ran past its time limit; the attempt is recorded failed
+                and retried like any failure.
+        """
+        reason = self.delivery.stop_reason
+        if reason == "cancelled":
+            raise Cancelled(f"job {self.id!r} was cancelled")
+        if reason == "time-limit":
+            raise TimeLimitExceeded(f"job {self.id!r} ran past its time limit of {self.time_limit:g} s")
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far the job has got, e.g. ``job.progress(40, 100, "resizing")``.
+
+        Cheap to call often: writes are coalesced to one every few seconds per job, and the
+        latest report is always recorded with the job's outcome. ``q.status(id).progress``
+        reads it.
+
+        Raises:
+            ValueError: ``done`` or ``total`` is not a finite number >= 0.
+        """
+        for name, value in (("done", done), ("total", total)):
+            if value is None and name == "total":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"progress {name} must be a finite number >= 0, got {value!r}")
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"progress message must be a str or None, got {type(message).__name__}")
+        if self.state is not None:
+            raise ValueError("this is a completion notice, not a running job")
+        text = None if message is None else message.encode("utf-8", "backslashreplace").decode()[:1000]
+        lifecycle.report_progress(self.delivery, done, total, text)
 
     @property
     def input_key(self) -> str | None:
@@ -156,6 +211,8 @@ class Job:
         outcome stands, this attempt's assets are discarded and ``AlreadyExists`` is raised.
 
         Raises:
+            TimeLimitExceeded: the job ran past its time limit (record nothing; the worker
+                records the attempt failed).
             ValueError: this is a completion notice, it was completed already, or the assets
                 are malformed (nothing is written).
             UnknownStatus: ``next_status`` is not configured.
@@ -163,6 +220,8 @@ class Job:
         """
         if self.state is not None:
             raise ValueError("this is a completion notice: call acknowledge() to consume it")
+        if error is None and self.delivery.stop_reason == "time-limit":
+            self.check()  # past its limit, an attempt records no success
         if self.delivery.finished:
             raise ValueError(f"job {self.id!r} was already completed by this delivery")
         entries = _check_assets(self.id, assets or ())

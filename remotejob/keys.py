@@ -7,12 +7,15 @@ One job system keeps everything in one bucket/prefix (or folder)::
     jobs/<job-id>/queued         the job's status records (see ``records.py``)
     jobs/<job-id>/progress
     jobs/<job-id>/final
+    jobs/<job-id>/history                  earlier runs of a retried job
+    jobs/<job-id>/retry-<n>                which retry() sent the job's n-th run
     jobs/<job-id>/handoff-<status>         a pipeline stage's create-once record
     jobs/<job-id>/start-<status>           which message runs a later pipeline stage
     jobs/<job-id>/attempts/<status>/<attempt>/<asset>   an attempt's staged outputs (see
                                  ``lifecycle.py``), per stage so that no stage sweeps another's
     batches/<batch-id>           one submit's manifest: its generated job ids are
                                  ``<batch-id>-<n>`` for n below its job count (see ``batch.py``)
+    cancels/<stamp>-<job-id>     the cancellation log workers read (see ``control.py``)
 
 Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
 published outputs. Where a job id is one segment of a longer key, ``%`` and ``/`` in it are
@@ -32,7 +35,8 @@ from .limits import validate_key
 
 DIRECTIONS = {"in": "in", "input": "in", "out": "out", "output": "out"}
 DEAD = "dead"
-RECORDS = ("queued", "progress", "final")
+RECORDS = ("queued", "progress", "final", "history")
+CANCELS = "cancels/"
 
 
 def direction(name: str) -> str:
@@ -94,6 +98,38 @@ def handoff_key(job_id: str, status: str) -> str:
 def start_key(job_id: str, status: str) -> str:
     """The create-once record naming the message that runs a later pipeline stage ``status``."""
     return validate_key(f"jobs/{job_segment(job_id)}/start-{status}")
+
+
+def retry_key(job_id: str, run: int) -> str:
+    """The create-once record of the ``retry()`` that sent the job's ``run``-th run."""
+    return validate_key(f"jobs/{job_segment(job_id)}/retry-{run}")
+
+
+def cancel_log_key(job_id: str, run: int, when: float) -> str:
+    """An entry of the cancellation log, ``cancels/<ms><random>-<run>-<job-segment>``: it sorts
+    by time, and names the run it cancels (a retried job's new run is not cancelled by it)."""
+    return validate_key(
+        f"{CANCELS}{int(when * 1000):012x}{secrets.token_hex(2)}-{run}-{job_segment(job_id)}"
+    )
+
+
+def cancel_log_start(when: float) -> str:
+    """A key that sorts before every log entry written at ``when`` or later."""
+    return f"{CANCELS}{int(max(0.0, when) * 1000):012x}"
+
+
+def parse_cancel_log(key: str) -> tuple[float, int, str] | None:
+    """``(when, run, job id)`` of a cancellation log entry's key; None for any other key."""
+    rest = key[len(CANCELS):] if key.startswith(CANCELS) else ""
+    stamp, dash, tail = rest[:16], rest[16:17], rest[17:]
+    run, dash2, segment = tail.partition("-")
+    try:
+        millis, number = int(stamp[:12], 16), int(run)
+    except ValueError:
+        return None
+    if dash != "-" or not dash2 or not segment:
+        return None
+    return millis / 1000, number, job_from_segment(segment)
 
 
 def staging_key(job_id: str, status: str, attempt_id: str, asset: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import threading
 import time
 import uuid
@@ -77,7 +78,21 @@ class Delivery:
     """The delivery was deleted, or handed to the outbox to delete."""
     in_outbox: bool = False
     """It was handed to the outbox, which hands ``owner`` back once it deleted it."""
+    released: bool = False
+    """It was given back to its queue (a retry, a stop): its records are no longer its to write."""
     progress_recorded: bool = False
+    progress: dict[str, Any] | None = None
+    """The latest ``job.progress()``: done, total, message, updated."""
+    progress_written: float = -math.inf
+    """When (monotonic) the ``progress`` record was last written."""
+    progress_dirty: bool = False
+    """``progress`` changed since the record was written (coalesced: see :func:`report_progress`)."""
+    stop_reason: str | None = None
+    """Why the handler should stop: ``cancelled`` or ``time-limit`` (see :func:`request_stop`)."""
+    stop_at: float = 0.0
+    """When (monotonic) the stop was first requested."""
+    default_limit: float | None = None
+    """The worker's time limit for jobs submitted without one."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -106,6 +121,11 @@ class Delivery:
         """This is the job's last delivery before the queue dead-letters it."""
         return self.receive_count >= self.ctx.max_attempts
 
+    @property
+    def time_limit(self) -> float | None:
+        """The job's time limit in seconds: its own (given at submit), else the worker's; or None."""
+        return self.envelope.limit if self.envelope.limit is not None else self.default_limit
+
 
 # -- before the handler --------------------------------------------------------------------------
 
@@ -123,7 +143,12 @@ def begin(d: Delivery) -> bool:
         d.finished = True
         _acknowledge(d, notice=None)
         return False
-    if (d.receive_count > 1 or ctx.signing is not None) and finish_if_done(d):
+    cancelled = False
+    if (d.receive_count > 1 or ctx.signing is not None
+            or (cancelled := ctx.cancellations.cancelled(d.id, d.envelope.retry))) and finish_if_done(d):
+        if cancelled:
+            logger.info("job %s was cancelled; dropped its delivery without running it", d.id)
+            return False
         if d.receive_count == 1:
             ctx.count_rejected("replayed")
         logger.info("job %s was already finished; dropped its redelivery", d.id)
@@ -134,12 +159,55 @@ def begin(d: Delivery) -> bool:
 
 
 def record_progress(d: Delivery) -> None:
-    """Write the delivery's ``progress`` record (once, and never after its outcome)."""
+    """Write the delivery's ``progress`` record if it has none yet or its handler reported
+    progress since (never after its outcome, nor after it was given back)."""
     with d.lock:
-        if not d.finished and not d.progress_recorded:
+        if not d.finished and not d.released and (not d.progress_recorded or d.progress_dirty):
             records.write_progress(d.ctx.store, d.id, d.status, d.created, d.started, d.worker,
-                                   d.receive_count)
+                                   d.receive_count, d.progress, d.envelope.retry)
             d.progress_recorded = True
+            d.progress_dirty = False
+            d.progress_written = time.monotonic()
+
+
+PROGRESS_EVERY_S = 3.0
+"""The least time between two writes of a job's progress record; reports in between are
+coalesced (the worker writes the latest once due, and the outcome records the last)."""
+
+
+def report_progress(d: Delivery, done: float, total: float | None, message: str | None) -> None:
+    """Note how far the handler has got; write it now if the last write is old enough, else
+    leave it to :func:`flush_progress` (the worker's watch) or the outcome."""
+    with d.lock:
+        d.progress = {"done": done, "total": total, "message": message, "updated": time.time()}
+        d.progress_dirty = True
+        due = time.monotonic() - d.progress_written >= PROGRESS_EVERY_S
+    if due:
+        record_progress(d)
+
+
+def flush_progress(d: Delivery) -> float | None:
+    """Write coalesced progress once it is due; return when (monotonic) the next write would
+    be due, or None if nothing waits."""
+    if not d.progress_dirty:
+        return None
+    due_at = d.progress_written + PROGRESS_EVERY_S
+    if time.monotonic() < due_at:
+        return due_at
+    record_progress(d)
+    return None
+
+
+def request_stop(d: Delivery, reason: str) -> bool:
+    """Ask the delivery's handler to stop (``cancelled`` or ``time-limit``); True the first time.
+    A cancel overrides a time limit: the job's outcome is the cancel's."""
+    with d.lock:
+        first = d.stop_reason is None
+        if first or reason == "cancelled":
+            d.stop_reason = reason
+        if first:
+            d.stop_at = time.monotonic()
+        return first
 
 
 # -- the outcome ---------------------------------------------------------------------------------
@@ -175,6 +243,12 @@ def finish(
         "attempt_id": d.attempt_id,
         "published": not any(doc.get("staged") or "inline" in doc for doc in outputs.values()),
     }
+    if d.progress is not None:
+        record["progress"] = d.progress
+    if d.envelope.retry:
+        record["retry"] = d.envelope.retry
+    if error is not None:  # so that retry() can send it again
+        record["envelope"] = d.message.body
     if next_status is not None:
         source = d.envelope.input if next_input is None else keys.output_key(d.id, next_input)
         record.update(state="handed", next=next_status, input=source)
@@ -223,6 +297,10 @@ def _settle(d: Delivery, key: str, record: dict[str, Any], *, redelivered: bool)
     A redelivery means the winner died before deleting its message, maybe before its notice or
     hand-on: those are repeated (a notice may then come twice; a hand-on's copies run once). A
     losing duplicate of a living winner acts only if it had to finish publishing."""
+    if record.get("state") == "cancelled":  # nobody has told of it yet: every dropper does
+        records.keep_envelope(d.ctx.store, d.id, record, d.message.body, d.progress)
+        _consequences(d, record)
+        return
     was_published = record.get("published") is not False
     record = _publish(d, key, record, sweep=True, check=True)
     nxt = record.get("next")
@@ -324,7 +402,7 @@ def _fail_lost(d: Delivery, key: str, record: dict[str, Any], lost: list[str]) -
              "store before they were published; run the job again (redrive or resubmit)")
     kept = {n: o for n, o in (record.get("outputs") or {}).items() if n not in lost}
     failed = {**record, "state": "failed", "error": error, "outputs": kept, "published": True,
-              "next": None, "updated": time.time()}
+              "next": None, "updated": time.time(), "envelope": d.message.body}
     store = d.ctx.store
     final = keys.record_key(d.id, "final")
     if key == final:
@@ -382,6 +460,7 @@ def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> En
         job=envelope.job, key=envelope.key, status=status, sent=float(record["created"]),
         meta=envelope.meta, input=None if source is None else str(source), outputs=outputs,
         body=envelope.body if source is None else None, after=str(record["status"]),
+        limit=envelope.limit, retry=envelope.retry,
     )
     if len(encode(handed).encode("utf-8")) <= MESSAGE_ROOM:
         return handed
@@ -438,6 +517,8 @@ def acknowledge(d: Delivery) -> None:
 def release(d: Delivery, delay_s: int = 0) -> None:
     """Give the delivery back, visible again after ``delay_s`` seconds: a retry, or a worker
     letting go. Its ``progress`` record goes, so the job does not look taken while it waits."""
+    with d.lock:
+        d.released = True
     if d.progress_recorded:
         try:
             records.clear_progress(d.ctx.store, d.id)
@@ -496,7 +577,9 @@ def settle_dead_letter(ctx: Context, message: Message) -> tuple[str, str] | None
               "updated": time.time(), "started": progress.get("started"), "error": reason,
               "outputs": dict(envelope.outputs), "worker": progress.get("worker"),
               "attempt": ctx.max_attempts, "attempt_id": f"dead-{message.message_id}",
-              "published": True, "dead": reason}
+              "published": True, "dead": reason, "envelope": letter.body}
+    if envelope.retry:
+        record["retry"] = envelope.retry
     winner = records.claim(store, keys.record_key(envelope.job, "final"), record)
     if winner is not None:
         return source, str(winner.get("dead") or winner.get("error") or reason)

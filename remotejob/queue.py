@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import batch, config, dead, keys, lifecycle, records
+from . import batch, config, control, dead, keys, lifecycle, records
 from .backends.base import Message, MessageQueue, ObjectStore, StoredObject
 from .bodies import parse_entry
 from .context import DEFAULT_STATUSES, Context
 from .envelope import DeadLetter, Envelope
-from .errors import JobFailed, WaitTimeout
+from .errors import JobCancelled, JobFailed, WaitTimeout
 from .job import Job
 from .lifecycle import Delivery
 from .limits import validate_key, validate_queue_name
@@ -173,17 +173,20 @@ class Queue:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def trigger(self, key: str, status: str = "pending") -> str:
+    def trigger(self, key: str, status: str = "pending", *, time_limit: float | None = None) -> str:
         """Send the input stored under ``in/<key>`` to a status queue; return the job id.
 
-        The job id is the key: stable across deliveries and stages.
+        The job id is the key: stable across deliveries and stages. ``time_limit`` is as for
+        :meth:`submit`.
 
         Raises:
             UnknownStatus: the status is not configured. NotFound: nothing is stored at the key.
         """
-        return self.trigger_many([key], status)[0]
+        return self.trigger_many([key], status, time_limit=time_limit)[0]
 
-    def submit(self, data: Mapping[str, Any], status: str = "pending") -> str:
+    def submit(
+        self, data: Mapping[str, Any], status: str = "pending", *, time_limit: float | None = None
+    ) -> str:
         """Submit one job: its input and metadata, then its message; return the job id.
 
         ``data`` is like ``store()``'s. Without a ``key``, the job id is generated and a small
@@ -192,25 +195,67 @@ class Queue:
         ``in/<key>`` and the key is the job id. Either way the worker reads it with
         ``job.open()``.
 
+        ``time_limit``: seconds the job may run (each attempt, from its handler's start); past
+        it the worker asks the handler to stop and records the attempt failed with a
+        :class:`~remotejob.TimeLimitExceeded` error, retried like any failure. None: the
+        worker's own limit, if any.
+
         Raises:
             Everything store() and trigger() raise; nothing is left stored if triggering fails.
+            ValueError: ``time_limit`` is not a positive number.
         """
-        return self.submit_many([data], status)[0]
+        return self.submit_many([data], status, time_limit=time_limit)[0]
 
-    def submit_many(self, items: Iterable[Mapping[str, Any]], status: str = "pending") -> list[str]:
+    def submit_many(
+        self, items: Iterable[Mapping[str, Any]], status: str = "pending", *, time_limit: float | None = None
+    ) -> list[str]:
         """Submit many jobs, sending their messages in batches (up to 10 per SQS request).
 
         Each item is a mapping like ``submit()``'s; returns the job ids in order. All items are
         checked before anything is stored. The generated ids share one manifest object, so a
         batch of small jobs costs one S3 request in all. If sending fails, the jobs not yet sent are removed
         again (their generated inputs and records) and the error is raised; jobs sent before
-        stay submitted (a warning says how many).
+        stay submitted (a warning says how many). ``time_limit`` applies to every job.
         """
-        return batch.submit_many(self.context, items, status)
+        return batch.submit_many(self.context, items, status, time_limit)
 
-    def trigger_many(self, job_keys: Iterable[str], status: str = "pending") -> list[str]:
+    def trigger_many(
+        self, job_keys: Iterable[str], status: str = "pending", *, time_limit: float | None = None
+    ) -> list[str]:
         """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
-        return batch.trigger_many(self.context, job_keys, status)
+        return batch.trigger_many(self.context, job_keys, status, time_limit)
+
+    def cancel(self, job_id: str, reason: str | None = None) -> JobStatus:
+        """Cancel a job: a queued job never runs, a running one is asked to stop.
+
+        The cancel and the job's completion race on the job's create-once outcome record:
+        exactly one wins. If the cancel wins, the job's outcome is ``cancelled`` (with
+        ``reason`` as its ``error``), it publishes no outputs and it is never retried or
+        redriven; workers learn of it within their check interval (``Worker(cancel_check=)``,
+        5 s): one that takes the job drops it without running it, and a running handler sees
+        ``job.cancelled`` (``job.check()`` raises :class:`~remotejob.Cancelled`; ``worker
+        --exec`` commands get SIGTERM, then SIGKILL). If the job finished first, its outcome
+        stands and is returned: check ``.state``. Cancelling a cancelled job again is harmless.
+
+        Raises:
+            NotFound: no job with this id was ever submitted. InvalidKey: a malformed id.
+        """
+        validate_key(job_id)
+        return control.cancel(self.context, job_id, reason)
+
+    def retry(self, job_id: str) -> JobStatus:
+        """Run a failed or cancelled job again, under the same id; return its new status.
+
+        Its earlier outcome joins ``status(job_id).history`` and the job goes back to the status
+        queue it failed (or was cancelled) in, with its original input and metadata.
+
+        Raises:
+            NotFound: no job with this id was ever submitted.
+            NotRetryable: the job is pending, running or completed; or it was cancelled while
+                queued and no worker has let go of its message yet; or another retry sent it.
+        """
+        validate_key(job_id)
+        return control.retry(self.context, job_id)
 
     def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
         """Take the next job from a status queue, long-polling until one arrives.
@@ -312,18 +357,21 @@ class Queue:
         return records.status(self.object_store, self.name, job_id)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
-        """Wait until a job is completed or failed and return its status.
+        """Wait until a job is completed, failed or cancelled and return its status.
 
         Polls ``status()``, quickly at first, then every ``poll`` seconds at most.
 
         Raises:
-            JobFailed: the job failed (``.error`` carries its error). WaitTimeout: ``timeout``
-                seconds passed. NotFound: the job was never submitted.
+            JobFailed: the job failed (``.error`` carries its error). JobCancelled (a JobFailed):
+                it was cancelled. WaitTimeout: ``timeout`` seconds passed. NotFound: the job was
+                never submitted.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.02
         while True:
             st = self.status(job_id)
+            if st.state == "cancelled":
+                raise JobCancelled(job_id, st.error)
             if st.state == "failed":
                 raise JobFailed(job_id, st.error or "unknown error")
             if st.state == "completed":

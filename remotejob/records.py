@@ -7,7 +7,11 @@ code that reads or writes them.
   short jobs never pay for it), at once by ``Queue.next()``, and at once on a job's last allowed
   delivery (so a job that kills its worker can say which worker it was);
 - ``final``: the job's outcome, created once by the attempt that wins the claim (see
-  ``lifecycle.py``), naming that attempt and each output with its SHA-256 and size;
+  ``lifecycle.py``), naming that attempt and each output with its SHA-256 and size, and the
+  handler's last progress; a ``cancel()`` claims it too (``cancelled``), racing completion. A
+  failed or cancelled job's record keeps its message (``envelope``) for ``retry()``;
+- ``history``: the earlier runs of a job that ``retry()`` sent again; ``retry-<n>``: created
+  once by the retry that sent the n-th run, so two retries at once send one message;
 - ``handoff-<status>``: a pipeline stage's outcome, created once like ``final``;
 - ``start-<status>``: which message may run a pipeline stage after the first (see
   :func:`claim_start`);
@@ -23,14 +27,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import keys
 from .backends.base import ObjectStore
 from .envelope import sqs_safe
 from .errors import AlreadyExists, BackendUnavailable, NotFound, RemoteJobError, UncertainResult
-from .status import STATES, JobStatus, Output
+from .status import STATES, Attempt, JobStatus, Output, Progress
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +93,66 @@ def forget_queued(store: ObjectStore, job_id: str) -> None:
     store.delete(keys.record_key(job_id, "queued"))
 
 
-def write_queued(store: ObjectStore, job_id: str, status: str, created: float, updated: float) -> None:
-    """Say the job waits in ``status`` (a hand-on or a redrive); the same arguments write the
-    same bytes, so a repeated hand-on changes nothing."""
-    _put(store, keys.record_key(job_id, "queued"),
-         {"job": job_id, "state": "pending", "status": status, "created": created, "updated": updated})
+def write_queued(
+    store: ObjectStore, job_id: str, status: str, created: float, updated: float, retry: int = 0
+) -> None:
+    """Say the job waits in ``status`` (a hand-on, a redrive or a retry); the same arguments
+    write the same bytes, so a repeated hand-on changes nothing."""
+    doc: dict[str, Any] = {"job": job_id, "state": "pending", "status": status, "created": created,
+                           "updated": updated}
+    if retry:
+        doc["retry"] = retry
+    _put(store, keys.record_key(job_id, "queued"), doc)
+
+
+def claim_cancel(
+    store: ObjectStore, job_id: str, status: str, created: float, reason: str | None, now: float, run: int
+) -> dict[str, Any] | None:
+    """Create the job's ``final`` record as ``cancelled``; None if this cancel won, else the
+    outcome that stands (the job finished, or was cancelled, first)."""
+    record: dict[str, Any] = {
+        "job": job_id, "state": "cancelled", "status": status, "created": created, "updated": now,
+        "error": reason, "outputs": {}, "attempt_id": f"cancel-{uuid.uuid4().hex}", "published": True,
+    }
+    if run:
+        record["retry"] = run
+    return claim(store, keys.record_key(job_id, "final"), record)
+
+
+def keep_envelope(
+    store: ObjectStore, job_id: str, record: Mapping[str, Any], body: str,
+    progress: Mapping[str, Any] | None = None,
+) -> None:
+    """Keep a cancelled job's message in its final record, so ``retry()`` can send it (with the
+    last progress its handler reported, when it ran)."""
+    extra: dict[str, Any] = {"envelope": body}
+    if progress is not None and record.get("progress") is None:
+        extra["progress"] = dict(progress)
+    if any(record.get(k) != v for k, v in extra.items()):
+        _put(store, keys.record_key(job_id, "final"), {**record, **extra})
+
+
+def claim_retry(store: ObjectStore, job_id: str, run: int) -> bool:
+    """Let one ``retry()`` send the job's ``run``-th run: True for the first to ask."""
+    record = {"job": job_id, "run": run, "id": uuid.uuid4().hex, "created": time.time()}
+    return claim(store, keys.retry_key(job_id, run), record, owner="id") is None
+
+
+def add_history(store: ObjectStore, job_id: str, record: Mapping[str, Any]) -> None:
+    """Append a finished run (its final record, less its message and outputs) to the history."""
+    earlier = read(store, keys.record_key(job_id, "history")) or {}
+    runs = list(earlier.get("runs") or [])
+    runs.append({k: record.get(k) for k in ("state", "error", "worker", "attempt", "started", "updated")})
+    _put(store, keys.record_key(job_id, "history"), {"job": job_id, "runs": runs})
 
 
 def write_progress(
-    store: ObjectStore, job_id: str, status: str, created: float, started: float, worker: str, attempt: int
+    store: ObjectStore, job_id: str, status: str, created: float, started: float, worker: str, attempt: int,
+    progress: Mapping[str, Any] | None = None, retry: int = 0,
 ) -> None:
-    """Record a running attempt of a job: where it runs, which delivery, since when."""
-    _put(store, keys.record_key(job_id, "progress"), {
+    """Record a running attempt of a job: where it runs, which delivery, since when, and how far
+    its handler says it has got."""
+    doc: dict[str, Any] = {
         "job": job_id,
         "state": "inprogress",
         "status": status,
@@ -107,7 +161,12 @@ def write_progress(
         "started": started,
         "worker": worker,
         "attempt": attempt,
-    })
+    }
+    if progress is not None:
+        doc["progress"] = dict(progress)
+    if retry:
+        doc["retry"] = retry
+    _put(store, keys.record_key(job_id, "progress"), doc)
 
 
 def clear_progress(store: ObjectStore, job_id: str) -> None:
@@ -202,14 +261,14 @@ def status(store: ObjectStore, name: str, job_id: str) -> JobStatus:
     """
     final = _get(store, keys.record_key(job_id, "final"))
     if final is not None:
-        return decode_status(job_id, final)
+        return _with_history(store, decode_status(job_id, final))
     found = [
         decode_status(job_id, raw)
         for raw in (_get(store, keys.record_key(job_id, r)) for r in ("progress", "queued"))
         if raw is not None
     ]
     if found:
-        return max(found, key=lambda s: s.updated)
+        return _with_history(store, max(found, key=lambda s: s.updated))
     batched = keys.parse_batch_job(job_id)
     if batched is not None:
         raw = _get(store, keys.batch_key(batched[0]))
@@ -217,6 +276,20 @@ def status(store: ObjectStore, name: str, job_id: str) -> JobStatus:
         if pending is not None:
             return pending
     raise NotFound(f"no job {job_id!r} in {name!r}: it was never submitted")
+
+
+def _with_history(store: ObjectStore, st: JobStatus) -> JobStatus:
+    """Add the earlier runs of a retried job (only a retried job's records name a run)."""
+    if not st.run:
+        return st
+    doc = read(store, keys.record_key(st.id, "history")) or {}
+    try:
+        runs = [Attempt(state=str(r["state"]), error=r.get("error"), worker=r.get("worker"),
+                        attempt=r.get("attempt"), started=r.get("started"), updated=float(r["updated"]))
+                for r in doc.get("runs") or []]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RemoteJobError(f"history record of job {st.id!r} is corrupt: {exc}") from exc
+    return replace(st, history=runs)
 
 
 def _get(store: ObjectStore, key: str) -> bytes | None:
@@ -240,6 +313,11 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             for name, a in doc.get("outputs", {}).items()
         }
         state = doc["state"]
+        progress = doc.get("progress")
+        if progress is not None:
+            progress = Progress(done=float(progress["done"]),
+                                total=None if progress.get("total") is None else float(progress["total"]),
+                                message=progress.get("message"), updated=float(progress["updated"]))
         if doc.get("published") is False:
             state = "inprogress"  # the outcome is settled; its outputs are being published
         if state not in STATES:
@@ -256,6 +334,8 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             worker=doc.get("worker"),
             attempt=doc.get("attempt"),
             started=doc.get("started"),
+            progress=progress,
+            run=int(doc.get("retry") or 0),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc

@@ -7,7 +7,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-STATES = ("pending", "inprogress", "completed", "failed")
+STATES = ("pending", "inprogress", "completed", "failed", "cancelled")
+DONE = ("completed", "failed", "cancelled")
 
 
 def worker_id() -> str:
@@ -26,12 +27,44 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far a running job says it has got (``job.progress()``)."""
+
+    done: float
+    total: float | None = None
+    message: str | None = None
+    updated: float = 0.0
+    """When the handler reported it, seconds since the epoch."""
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` (0 to 1), or None without a total."""
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.done / self.total))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An earlier run of a job that was retried (``Queue.retry()``): how it ended."""
+
+    state: str
+    """``failed`` or ``cancelled``."""
+    error: str | None
+    worker: str | None
+    attempt: int | None
+    started: float | None
+    updated: float
+    """When that outcome was recorded."""
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """Where a job stands, as ``Queue.status()`` reads it from the job's status records."""
 
     id: str
     state: str
-    """One of ``pending``, ``inprogress``, ``completed``, ``failed``."""
+    """One of ``pending``, ``inprogress``, ``completed``, ``failed``, ``cancelled``."""
     status: str
     """The status queue the job was last sent to."""
     created: float
@@ -48,11 +81,17 @@ class JobStatus:
     """The delivery count of the attempt that runs (or finished) the job."""
     started: float | None = None
     """When the running attempt started, for an ``inprogress`` job."""
+    progress: Progress | None = None
+    """The latest progress its handler reported (kept in the final record too), or None."""
+    history: list[Attempt] = field(default_factory=list)
+    """Earlier runs of the job, oldest first, when it was retried with ``Queue.retry()``."""
+    run: int = 0
+    """How often ``Queue.retry()`` sent the job again (0: its first run)."""
 
     @property
     def done(self) -> bool:
-        """True once the job is completed or failed."""
-        return self.state in ("completed", "failed")
+        """True once the job is completed, failed or cancelled."""
+        return self.state in DONE
 
 
 def error_text(error: BaseException | str) -> str:

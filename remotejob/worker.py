@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import dead, lifecycle, records
 from .backends.base import Message
-from .errors import AlreadyExists, ConfigError, RemoteJobError
+from .batch import check_time_limit
+from .errors import AlreadyExists, Cancelled, ConfigError, RemoteJobError, TimeLimitExceeded
 from .job import Job
 from .lease import Heartbeat
 from .lifecycle import Delivery
 from .limits import MAX_VISIBILITY_S
 from .outbox import Outbox
 from .status import error_text
+from .watch import Watch
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -79,6 +81,14 @@ class Worker:
         dead_letter_check: while idle, look into the dead-letter queue at most this often
             (seconds) for jobs the queue moved there by itself after they killed their worker
             on every attempt, and record them failed; None never looks.
+        time_limit: seconds a job may run when it was submitted without a limit of its own
+            (None: no limit). Past its limit a job is asked to stop (``job.cancelled``,
+            ``job.check()``) and its attempt is recorded failed, then retried like any failure.
+        cancel_grace: seconds a handler asked to stop (cancelled, or past its time limit) gets
+            before the worker records the attempt's end without it and discards what it returns
+            (``worker --exec`` sends SIGTERM, then SIGKILL after this grace).
+        cancel_check: while holding jobs, read the store's cancellation log at most this often
+            (seconds; one LIST each time): a cancel reaches running jobs within it.
 
     Raises:
         UnknownStatus: the status is not configured.
@@ -99,6 +109,9 @@ class Worker:
         handle_signals: bool = True,
         prefetch: int | None = None,
         dead_letter_check: float | None = 60.0,
+        time_limit: float | None = None,
+        cancel_grace: float = 10.0,
+        cancel_check: float = 5.0,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
@@ -118,6 +131,13 @@ class Worker:
             raise ConfigError(f"need 0 <= retry_delay <= max_retry_delay <= {MAX_VISIBILITY_S} s")
         if grace_period < 0:
             raise ConfigError(f"grace_period must be >= 0, got {grace_period!r}")
+        if cancel_grace < 0 or not cancel_check > 0:
+            raise ConfigError(f"need cancel_grace >= 0 and cancel_check > 0 seconds, got {cancel_grace!r} "
+                              f"and {cancel_check!r}")
+        try:
+            self.time_limit = check_time_limit(time_limit)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.queue = queue
         self.ctx = queue.context
         self.handler = handler
@@ -143,6 +163,11 @@ class Worker:
         self._retry_until = 0.0
         self._swept = time.monotonic()
         self._heartbeat = Heartbeat(self.ctx, queue.visibility_timeout)
+        self.cancel_grace = cancel_grace
+        cancellations = self.ctx.cancellations
+        cancellations.interval = min(cancellations.interval, cancel_check)
+        self._watch = Watch(self.ctx, cancel_grace, self._abandon)
+        self._settling: set[Job] = set()
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
 
@@ -179,6 +204,7 @@ class Worker:
         previous = self._install_signals()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
         self._heartbeat.start()
+        self._watch.start()
         self._outbox.start()
         self._receiving = True
         receiver = threading.Thread(target=self._receive_loop, args=(pool,), name="remotejob-receiver",
@@ -192,8 +218,9 @@ class Worker:
                 self._stopping.set()
                 self._shut_down(receiver)
         finally:
-            pool.shutdown(wait=self._stop_level == 0, cancel_futures=True)
+            pool.shutdown(wait=self._stop_level == 0 and not self.interrupted, cancel_futures=True)
             self._outbox.close()  # first: finished jobs stay held until their messages are deleted
+            self._watch.stop()
             self._heartbeat.stop()
             self._restore_signals(previous)
         return self.taken - taken_before
@@ -334,7 +361,7 @@ class Worker:
         envelope = self.ctx.open(self.queue_name, message)
         if envelope is None:
             return
-        delivery = Delivery(self.ctx, envelope, message, self._outbox)
+        delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit)
         job = Job(delivery)
         delivery.owner = job
         if envelope.kind != "job":
@@ -345,6 +372,7 @@ class Worker:
             self.taken += 1
             self._running[job] = time.monotonic()
         self._heartbeat.hold(job)  # from now: it may wait for a handler (prefetch)
+        self._watch.hold(job)
         pool.submit(self._execute, job)
 
     # -- running ---------------------------------------------------------------------------
@@ -358,31 +386,75 @@ class Worker:
                 job.running = True
             if not lifecycle.begin(job.delivery):
                 return
+            self._watch.started(job)
             self._run_handler(job)
         except AlreadyExists:
             logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
         except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
             logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
         finally:
-            if not job.delivery.in_outbox:
+            self._watch.release(job)
+            if not job.delivery.in_outbox and job not in self._released:
                 self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
             with self._cond:
+                job.running = False
+                self._settling.discard(job)
                 self._running.pop(job, None)
                 self._cond.notify_all()
 
     def _run_handler(self, job: Job) -> None:
         try:
             assets = self.handler(job)
-            if job in self._released:
-                logger.warning("job %s finished after it was released at shutdown; result discarded", job.id)
+            if not self._settle(job):
+                logger.warning("job %s finished after it was let go of; its result is discarded", job.id)
+            elif job.delivery.stop_reason is not None and not job.finished:
+                self._stopped(job, None)
             elif not job.finished:
                 job.complete(assets=assets or ())
         except AlreadyExists:
             raise
         except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
-            if job.finished or job in self._released:
+            if job.finished or not self._settle(job):
                 raise
-            self._failed(job, exc)
+            if job.delivery.stop_reason is not None:
+                self._stopped(job, exc)
+            else:
+                self._failed(job, exc)
+
+    def _settle(self, job: Job) -> bool:
+        """Claim the right to record the end of ``job``'s attempt; False if it was let go of
+        (at shutdown, or abandoned by the watch)."""
+        with self._cond:
+            if job in self._released:
+                return False
+            self._settling.add(job)
+            return True
+
+    def _stopped(self, job: Job, exc: Exception | None) -> None:
+        """End the attempt of a job whose handler was asked to stop: drop a cancelled job (its
+        cancel's outcome stands, and it is not retried), fail one past its time limit."""
+        if job.delivery.stop_reason == "cancelled" and lifecycle.finish_if_done(job.delivery):
+            logger.info("job %s stopped: it was cancelled", job.id)
+            return
+        if not isinstance(exc, TimeLimitExceeded):
+            reason = "its cancel was undone" if isinstance(exc, Cancelled) or exc is None else error_text(exc)
+            exc = TimeLimitExceeded(f"ran past its time limit of {job.time_limit or 0:g} s ({reason})")
+        self._failed(job, exc)
+
+    def _abandon(self, job: Job) -> None:
+        """The watch's verdict on a handler that outlived its grace after being asked to stop."""
+        with self._cond:
+            if job in self._settling or job in self._released or job not in self._running:
+                return
+            self._released.add(job)
+            del self._running[job]
+            self._cond.notify_all()
+        logger.warning("job %s: its handler did not stop within %g s of being asked (%s); the "
+                       "worker goes on without it", job.id, self.cancel_grace, job.delivery.stop_reason)
+        try:
+            self._stopped(job, None)
+        except Exception:  # noqa: BLE001 - the job comes back when its visibility runs out
+            logger.exception("job %s: could not record the end of its abandoned attempt", job.id)
 
     def _failed(self, job: Job, exc: Exception) -> None:
         attempts = self.ctx.max_attempts

@@ -291,9 +291,9 @@ class FaultyStore:
     def delete(self, key: str) -> None:
         self.faults.invoke("store.delete", self.inner.delete, (key,), {})
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
         infos: list[ObjectInfo] = self.faults.invoke(
-            "store.list", lambda p: list(self.inner.list(p)), (prefix,), {}
+            "store.list", lambda p, a: list(self.inner.list(p, a)), (prefix, start_after), {}
         )
         return iter(infos)
 

@@ -285,6 +285,16 @@ def test_list_is_in_byte_order_and_filters_by_prefix(store: Any) -> None:
     assert {i.key: i.size for i in store.list("a/")} == {"a/b": 3, "a/c": 3}
 
 
+def test_list_starts_after_a_key_as_s3_start_after_does(store: Any) -> None:
+    for name in ["log/001", "log/002", "log/003", "log/010", "other/002"]:
+        store.put(name, b"1")
+
+    assert [i.key for i in store.list("log/", start_after="log/002")] == ["log/003", "log/010"]
+    assert [i.key for i in store.list("log/", start_after="log/0025")] == ["log/003", "log/010"]
+    assert [i.key for i in store.list("log/", start_after="log/010")] == []
+    assert [i.key for i in store.list("log/", start_after="a")] == ["log/001", "log/002", "log/003", "log/010"]
+
+
 def test_list_has_no_wildcards(store: Any) -> None:
     for name in ["x%y", "x_y", "xay", "x%"]:
         store.put(name, b"1")

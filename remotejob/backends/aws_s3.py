@@ -444,15 +444,18 @@ class S3Store:
         with self._call("deleting", key, ok={"NoSuchKey", "NoSuchBucket", "404"}):
             self._s3.delete_object(Bucket=self.bucket, Key=full)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield the objects whose key starts with ``prefix``, in S3's (byte) order.
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with ``prefix`` (and sorts after ``start_after``),
+        in S3's (byte) order.
 
         Raises:
             BackendUnavailable: S3 cannot be reached, or refuses us.
         """
         full = self.prefix + prefix
         with self._call(f"listing {full!r} in", ok={"NoSuchBucket"}):
-            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            paginator = self._s3.get_paginator("list_objects_v2")
+            pages = (paginator.paginate(Bucket=self.bucket, Prefix=full, StartAfter=self.prefix + start_after)
+                     if start_after else paginator.paginate(Bucket=self.bucket, Prefix=full))
             for page in pages:
                 for item in page.get("Contents", []):
                     modified = item.get("LastModified")

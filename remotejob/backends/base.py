@@ -204,8 +204,9 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing key is not an error."""
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield the objects whose key starts with ``prefix``, in byte order of the whole key.
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with ``prefix``, in byte order of the whole key,
+        only those whose key sorts after ``start_after`` when given (S3's ``StartAfter``).
 
         Listed infos carry key, size, etag and modified time; metadata may be empty.
         """

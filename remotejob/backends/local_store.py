@@ -464,8 +464,9 @@ class LocalStore:
             if blob is not None:
                 self._unlink(blob)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield the objects whose key starts with ``prefix``, in byte order of the UTF-8 key.
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with ``prefix`` (and sorts after ``start_after``),
+        in byte order of the UTF-8 key.
 
         Pages through the index, so objects may be deleted while listing.
 
@@ -474,9 +475,11 @@ class LocalStore:
         """
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if not isinstance(start_after, str):
+            raise TypeError(f"start_after must be a str, got {type(start_after).__name__}")
         start = prefix.encode()
         end = _prefix_end(start)
-        after = b""
+        after = start_after.encode()
         while True:
             with self._errors(f"listing {prefix!r}"):
                 conn = self._db.connection()
