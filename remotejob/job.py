@@ -35,8 +35,8 @@ class Job:
         receipt: this delivery's receipt handle (a new one on every delivery).
         receive_count: how many times the message has been delivered, this time included.
         attempt_id: this delivery's attempt, as the final record names the winning one.
-        state: for a completion notice (from the ``completed`` queue), ``completed`` or
-            ``failed``; None for a job to run.
+        state: for a completion notice (from the ``completed`` queue), ``completed``,
+            ``failed`` or ``cancelled``; None for a job to run.
         error: for a notice of a failed job, its error.
     """
 
@@ -211,6 +211,8 @@ class Job:
         outcome stands, this attempt's assets are discarded and ``AlreadyExists`` is raised.
 
         Raises:
+            Cancelled: the worker learnt that the job was cancelled (nothing is published,
+                hand-ons included; the cancel's outcome stands).
             TimeLimitExceeded: the job ran past its time limit (record nothing; the worker
                 records the attempt failed).
             ValueError: this is a completion notice, it was completed already, or the assets
@@ -220,8 +222,9 @@ class Job:
         """
         if self.state is not None:
             raise ValueError("this is a completion notice: call acknowledge() to consume it")
-        if error is None and self.delivery.stop_reason == "time-limit":
-            self.check()  # past its limit, an attempt records no success
+        reason = self.delivery.stop_reason
+        if reason == "cancelled" or (reason == "time-limit" and error is None):
+            self.check()  # a cancelled job publishes nothing; past its limit, no success is recorded
         if self.delivery.finished:
             raise ValueError(f"job {self.id!r} was already completed by this delivery")
         entries = _check_assets(self.id, assets or ())

@@ -394,7 +394,7 @@ class Worker:
             logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
         finally:
             self._watch.release(job)
-            if not job.delivery.in_outbox and job not in self._released:
+            if not job.delivery.in_outbox:
                 self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
             with self._cond:
                 job.running = False
@@ -414,7 +414,11 @@ class Worker:
         except AlreadyExists:
             raise
         except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
-            if job.finished or not self._settle(job):
+            if not self._settle(job):
+                logger.warning("job %s: its handler ended (%s) after it was let go of; discarded", job.id,
+                               error_text(exc))
+                return
+            if job.finished:
                 raise
             if job.delivery.stop_reason is not None:
                 self._stopped(job, exc)
