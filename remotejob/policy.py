@@ -4,18 +4,24 @@
 prefix and queues (see :mod:`remotejob.keys` for the layout) and grants what that role's code
 actually calls, no more:
 
-- **submitter** (``submit``, ``trigger``, ``status``, ``wait``, ``fetch``, ``ls``): writes inputs
-  (``in/``), batch manifests (``batches/``) and ``jobs/<id>/queued`` records, and removes them
-  again when a send fails; reads records, manifests and outputs; sends jobs to the status queues
-  (not to ``completed``, which only workers write: its messages are completion notices) and
-  reads and deletes those notices.
+- **submitter** (``submit``, ``trigger``, ``status``, ``wait``, ``fetch``, ``ls``, ``cancel``,
+  ``retry``): writes inputs (``in/``), batch manifests (``batches/``) and ``jobs/<id>/queued``
+  records, and removes them again when a send fails; reads records, manifests and outputs; sends
+  jobs to the status queues (not to ``completed``, which only workers write: its messages are
+  completion notices) and reads and deletes those notices. To cancel it creates a job's
+  ``final`` record only where there is none (S3's ``s3:if-none-match`` condition: it can never
+  overwrite an outcome) and writes the cancellation log (``cancels/``); to retry a failed or
+  cancelled job it writes ``history`` and ``retry-<n>`` records and removes the job's ``final``,
+  ``progress`` and ``start-*`` records (S3 cannot tell a failed record from a completed one, so
+  drop the ``RetryJobs`` and ``ReopenRetriedJobs`` statements where only admins may retry).
 - **worker** (``remotejob worker``, :class:`~remotejob.Worker`): takes, extends, releases and
   deletes messages of the status queues and sends to them (the next pipeline stage, completion
   notices); sends to the dead-letter queue, and (while idle) receives from it to settle jobs the
   queue dead-lettered by itself, replacing such a message with one wrapped with the reason; reads
   inputs, manifests, records
   and outputs; writes only under ``jobs/`` (records, staged assets) and ``out/`` (published
-  assets, copied from staging); deletes only staged assets and progress records. It cannot
+  assets, copied from staging); deletes only staged assets and progress records; lists the
+  cancellation log (``cancels/``) and removes its entries older than 15 days. It cannot
   purge or delete queues, change their attributes, or write inputs.
 - **admin** (``init``, ``doctor``, ``stats``, ``dead``, ``purge``): everything under the prefix
   and on the queues (including ``<name>-probe-*`` for ``stats --probe``), and the bucket's
@@ -187,6 +193,13 @@ def _submitter_s3(where: Scope) -> list[dict[str, Any]]:
         _allow("TakeBackUnsentJobs", ["s3:DeleteObject"], written),
         _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
         _list(where, "jobs/*", "batches/*"),
+        # cancel(): create the outcome record only where there is none (If-None-Match: *)
+        _allow("CancelJobs", ["s3:PutObject"], where.objects("jobs/*/final", "jobs/*/retry-*"),
+               {"Null": {"s3:if-none-match": "false"}}),
+        _allow("LogCancels", ["s3:PutObject"], where.objects("cancels/*")),
+        _allow("RetryJobs", ["s3:PutObject"], where.objects("jobs/*/history")),
+        _allow("ReopenRetriedJobs", ["s3:DeleteObject"],
+               where.objects("jobs/*/final", "jobs/*/progress", "jobs/*/start-*")),
     ]
 
 
@@ -199,7 +212,8 @@ def _worker_s3(where: Scope) -> list[dict[str, Any]]:
         _allow("ClearStagingAndProgress", ["s3:DeleteObject"],
                where.objects("jobs/*/attempts/*", "jobs/*/progress")),
         _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
-        _list(where, "jobs/*"),
+        _list(where, "jobs/*", "cancels/*"),
+        _allow("PruneCancelLog", ["s3:DeleteObject"], where.objects("cancels/*")),
     ]
 
 
