@@ -565,6 +565,8 @@ def settle_dead_letter(ctx: Context, message: Message) -> tuple[str, str] | None
     store = ctx.store
     final = records.read(store, keys.record_key(envelope.job, "final"))
     if final is not None:  # recorded already (by another who saw it, or the job finished)
+        if final.get("state") == "cancelled":  # so that it can be retried
+            records.keep_envelope(store, envelope.job, final, letter.body)
         return source, str(final.get("dead") or final.get("error") or "dead-lettered by its queue")
     progress = records.read_progress(store, envelope.job) or {}
     last = ""
