@@ -129,8 +129,8 @@ def cancel(ctx: Context, job_id: str, reason: str | None = None) -> JobStatus:
         return st
     now = time.time()
     winner = records.claim_cancel(store, job_id, st.status, st.created, reason, now, st.run)
-    if winner is not None:
-        return records.status(store, ctx.name, job_id)
+    if winner is not None:  # it finished first (maybe still publishing its outputs)
+        return records.outcome(job_id, winner)
     _log(store, job_id, st.run)
     logger.info("job %s cancelled%s", job_id, f": {reason}" if reason else "")
     return records.status(store, ctx.name, job_id)

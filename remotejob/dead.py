@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from . import keys, lifecycle, records
 from .backends.base import Message
 from .context import Context
-from .envelope import DeadLetter, unwrap_dead, wrap_dead
-from .errors import EnvelopeError, RemoteJobError
+from .envelope import DeadLetter, decode, unwrap_dead, wrap_dead
+from .errors import EnvelopeError, NotFound, RemoteJobError
 from .signing import REASONS
 
 REFUSED = (*REASONS, "notice-without-outcome")
@@ -129,6 +129,10 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
                 logger.warning("not redriving job %s: %s", letter.job, exc)
                 kept.append(message)
                 continue
+        if _superseded(ctx, letter.job, letter.body):
+            logger.info("removing a dead letter of job %s: retry() ran the job again since", letter.job)
+            ctx.queues.delete(ctx.dead_letters, message.receipt)
+            continue
         record = records.read(ctx.store, keys.record_key(letter.job, "final"))
         if record is not None and record.get("state") in ("completed", "cancelled"):
             logger.info("not redriving job %s: it was %s", letter.job, record.get("state"))
@@ -139,3 +143,12 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
         moved.add(letter.job)
     _release(ctx, kept)
     return len(moved)
+
+
+def _superseded(ctx: Context, job_id: str, body: str) -> bool:
+    """The dead letter is of an earlier run of a job that ``retry()`` sent again."""
+    try:
+        run = decode(body).retry
+        return records.status(ctx.store, ctx.name, job_id).run > run
+    except (EnvelopeError, NotFound):
+        return False

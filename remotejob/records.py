@@ -341,6 +341,12 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
         raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc
 
 
+def outcome(job_id: str, record: Mapping[str, Any]) -> JobStatus:
+    """The outcome a ``final`` record settles, even while its outputs are still being published
+    (``status()`` says ``inprogress`` until they are readable)."""
+    return decode_status(job_id, encode({**record, "published": True}))
+
+
 def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
     """The pending status of the ``index``-th job of a batch manifest; None if it has no such job.
 

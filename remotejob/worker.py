@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ from .lease import Heartbeat
 from .lifecycle import Delivery
 from .limits import MAX_VISIBILITY_S
 from .outbox import Outbox
+from .pool import HandlerPool
 from .status import error_text
 from .watch import Watch
 
@@ -168,6 +168,7 @@ class Worker:
         cancellations.interval = min(cancellations.interval, cancel_check)
         self._watch = Watch(self.ctx, cancel_grace, self._abandon)
         self._settling: set[Job] = set()
+        self._pool: HandlerPool[Job] = HandlerPool(0, self._execute, "remotejob-handler")
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
 
@@ -202,7 +203,7 @@ class Worker:
             self._released.clear()
         self._stopping.clear()
         previous = self._install_signals()
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="remotejob-handler")
+        pool = self._pool = HandlerPool(self.concurrency, self._execute, "remotejob-handler")
         self._heartbeat.start()
         self._watch.start()
         self._outbox.start()
@@ -218,7 +219,7 @@ class Worker:
                 self._stopping.set()
                 self._shut_down(receiver)
         finally:
-            pool.shutdown(wait=self._stop_level == 0 and not self.interrupted, cancel_futures=True)
+            pool.shutdown(wait=self._stop_level == 0 and not self.interrupted)
             self._outbox.close()  # first: finished jobs stay held until their messages are deleted
             self._watch.stop()
             self._heartbeat.stop()
@@ -287,7 +288,7 @@ class Worker:
             room = min(room, self.max_jobs - self.taken)
         return min(room, 10)
 
-    def _receive_loop(self, pool: ThreadPoolExecutor) -> None:
+    def _receive_loop(self, pool: HandlerPool[Job]) -> None:
         try:
             while not self._stop_level:
                 free = self._room()
@@ -357,7 +358,7 @@ class Worker:
             except RemoteJobError as exc:
                 logger.warning("could not give back messages while stopping: %s", exc)
 
-    def _dispatch(self, message: Message, pool: ThreadPoolExecutor) -> None:
+    def _dispatch(self, message: Message, pool: HandlerPool[Job]) -> None:
         envelope = self.ctx.open(self.queue_name, message)
         if envelope is None:
             return
@@ -373,7 +374,7 @@ class Worker:
             self._running[job] = time.monotonic()
         self._heartbeat.hold(job)  # from now: it may wait for a handler (prefetch)
         self._watch.hold(job)
-        pool.submit(self._execute, job)
+        pool.submit(job)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -437,12 +438,16 @@ class Worker:
     def _stopped(self, job: Job, exc: Exception | None) -> None:
         """End the attempt of a job whose handler was asked to stop: drop a cancelled job (its
         cancel's outcome stands, and it is not retried), fail one past its time limit."""
-        if job.delivery.stop_reason == "cancelled" and lifecycle.finish_if_done(job.delivery):
-            logger.info("job %s stopped: it was cancelled", job.id)
-            return
-        if not isinstance(exc, TimeLimitExceeded):
-            reason = "its cancel was undone" if isinstance(exc, Cancelled) or exc is None else error_text(exc)
-            exc = TimeLimitExceeded(f"ran past its time limit of {job.time_limit or 0:g} s ({reason})")
+        if job.delivery.stop_reason == "cancelled":
+            if lifecycle.finish_if_done(job.delivery):
+                logger.info("job %s stopped: it was cancelled", job.id)
+                return
+            # its outcome record is gone (a retry reopened the job): this attempt goes back
+            exc = Cancelled(f"job {job.id!r} was cancelled, then its outcome was removed (a retry)")
+        elif not isinstance(exc, TimeLimitExceeded):
+            detail = "" if exc is None or isinstance(exc, Cancelled) else f"; then: {error_text(exc)}"
+            limit = job.time_limit or 0
+            exc = TimeLimitExceeded(f"job {job.id!r} ran past its time limit of {limit:g} s{detail}")
         self._failed(job, exc)
 
     def _abandon(self, job: Job) -> None:
@@ -453,6 +458,7 @@ class Worker:
             self._released.add(job)
             del self._running[job]
             self._cond.notify_all()
+        self._pool.abandon(job)  # another thread takes its place: the worker keeps its concurrency
         logger.warning("job %s: its handler did not stop within %g s of being asked (%s); the "
                        "worker goes on without it", job.id, self.cancel_grace, job.delivery.stop_reason)
         try:
