@@ -422,6 +422,225 @@ def section_large(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- cancel and time limits (issue 13) ---------------------------------------------------------
+
+CONTROL_SETTINGS = {"embedded": SETTINGS["embedded"], "moto": SETTINGS["moto"]}
+BEFORE_CANCEL = {"S3": 2.00, "SQS": 0.43}
+"""Requests per job (whole life, ``submit_many``, moto) before cancellation existed: BENCHMARKS.md
+of 2026-11-30 measured 2.00 S3 (plus the one manifest PUT of a ``submit_many`` call: 2.002 for
+500 jobs) and 0.41-0.43 SQS (moto and SeaweedFS)."""
+
+
+def _control(results: Mapping[str, Any], setting: str, part: str) -> Any:
+    return get(results, "control", setting, part)
+
+
+def _row_or_failure(doc: Any, width: int) -> list[str] | None:
+    """A row of ``width - 1`` blank cells after ``failed: ...`` for a failure, else None."""
+    why = failure(doc)
+    return [f"failed: {why}", *([""] * (width - 1))] if why else None
+
+
+def control_measured_line(results: Mapping[str, Any]) -> str:
+    """The line saying when the control part was measured, if not in the same run as the rest."""
+    meta = get(results, "control", "meta")
+    if not isinstance(meta, Mapping) or not meta.get("separate"):
+        return ""
+    commit = str(meta.get("remotejob_commit", "?"))
+    if meta.get("remotejob_dirty"):
+        commit += " + uncommitted changes in remotejob/"
+    return (f"The section Cancel and time limits and its rows in Targets were measured separately, on "
+            f"{meta.get('date', '?')} (`{meta.get('command', '?')}`, {num(meta.get('wall_s'), 0)} s, git "
+            f"{commit}), and merged into this run's results; everything else is from the run above.")
+
+
+def section_control(results: Mapping[str, Any]) -> str:
+    """Cancel against completion, cancels before the take, stop times, requests per job."""
+    doc = results.get("control")
+    if doc is None:
+        return ""
+    why = failure(doc)
+    if why:
+        return f"## Cancel and time limits\n\nnot run: {why}"
+    plan = doc.get("plan") or {}
+    check, grace, vis = plan.get("cancel_check_s"), plan.get("cancel_grace_s"), plan.get("visibility_s")
+    out = [
+        "## Cancel and time limits", "",
+        "Issue 13's targets: correctness and bounds, not speed. On each setting a `remotejob.Worker` "
+        f"runs in a thread of the benchmark process (concurrency {plan.get('concurrency')}, "
+        f"`cancel_check={check}` s, `cancel_grace={grace}` s, `handle_signals=False`; visibility "
+        f"timeout {vis} s, so a heartbeat every {num((vis or 0) / 3, 0)} s), on a job system of its "
+        "own; the requester is the same process (`bench/control.py`)."
+        + (" **A `--quick` run: few rounds.**" if get(doc, "meta", "quick") else ""),
+    ]
+    rows = []
+    for setting, label in CONTROL_SETTINGS.items():
+        r = _control(results, setting, "race")
+        if r is None:
+            continue
+        rows.append([label, *(_row_or_failure(r, 8) or [
+            num(r["rounds"]), f"0–{r['max_delay_s'] * 1000:,.0f}",
+            f"{r['cancel_won']} ({r['cancel_won_handler_started']} after the handler started, "
+            f"{r.get('early', 0)} before `submit()` returned)",
+            f"**{r['cancel_won_cancelled']}/{r['cancel_won']}**",
+            ", ".join(f"`{state}` {n}" for state, n in sorted((r.get("lost_reported") or {}).items())) or "-",
+            f"**{r['one_outcome']}/{r['rounds']}**", f"**{r['cancelled_with_output']}**"])])
+    if rows:
+        out += ["", "### Cancel against completion", "",
+                "Each round submits one job whose handler returns an output at once, waits a random delay "
+                "from the `submit()` call (made from a thread, under a key of ours, so the id is known "
+                "at once) of up to twice the typical time from that call to the worker recording the "
+                "outcome (the status's `updated`; the median of 5 warm-up jobs), then calls `q.cancel()` "
+                "(again at once while it raises `NotFound`: the job's first record was not written yet; "
+                "*before `submit()` returned* counts those rounds). The cancel's claim of the job's "
+                "create-once outcome record races the worker's. *Cancel won*: `cancel()` returned "
+                "`cancelled` (its claim was first); when it lost it returned the job's status, shown "
+                "under *cancel lost, returned*. "
+                "After every round ran and the worker stopped, each job's status and output were read "
+                "again: *exactly one outcome* means the state is `completed` or `cancelled`, did not "
+                "change between the read right after the round and the one at the end, is `cancelled` "
+                "exactly when `cancel()` returned `cancelled`, and an output exists (both times) exactly "
+                "when the state is `completed`.", "",
+                table(["setting", "rounds", "cancel delay ms", "cancel won", "won → `cancelled`",
+                       "cancel lost, returned", "exactly one outcome", "cancelled with an output"], rows)]
+    rows = []
+    for setting, label in CONTROL_SETTINGS.items():
+        r = _control(results, setting, "before_take")
+        if r is None:
+            continue
+        rows.append([label, *(_row_or_failure(r, 5) or [
+            num(r["jobs"]), num(r["slept_s"]), f"**{r['handler_starts']}**", f"{r['cancelled']}/{r['jobs']}",
+            num(r["queue_left"])])])
+    if rows:
+        out += ["", "### Cancelled more than one check interval before the take", "",
+                "`submit_many` of the jobs, `q.cancel()` of each, a sleep of `cancel_check` + 0.5 s, then a "
+                "burst worker on the same job system as the race above (after its worker stopped): its view "
+                "of the cancellation log is the race's, older than the check interval, so it reads the log's "
+                "new entries (one LIST) before the first job would start. Counted: handler starts, jobs "
+                "whose state is `cancelled`, messages left in the queue (waiting, in flight or delayed).", "",
+                table(["setting", "jobs", "slept s", "handler starts", "cancelled", "messages left"], rows)]
+    rows = []
+    bound = None
+    for setting, label in CONTROL_SETTINGS.items():
+        for part, kind in (("stop_python", "Python handler, `job.check()` every 10 ms"),
+                           ("stop_exec", "`worker --exec` command ignoring SIGTERM")):
+            r = _control(results, setting, part)
+            if r is None:
+                continue
+            if "skipped" in r:
+                rows.append([label, kind, f"not measured: {r['skipped']}", "", "", "", "", ""])
+                continue
+            bound = r.get("bound_s", bound)
+            rows.append([label, kind, *(_row_or_failure(r, 6) or [
+                num(r["runs"]), f"{num(r['stopped']['median_s'], 2)} / **{num(r['stopped']['max_s'], 2)}**",
+                f"{num(r['deleted']['median_s'], 2)} / **{num(r['deleted']['max_s'], 2)}**",
+                num(r["bound_s"]),
+                f"{r['within_bound']}/{r['runs']}",
+                ", ".join(f"{state} {n}" for state, n in r["final_states"].items())])])
+    if rows:
+        out += ["", "### Stopping a running job", "",
+                "One job at a time: once its handler runs (the Python handler signalled it; the "
+                "command wrote its pid) and a random 0 to `cancel_check` seconds passed, `q.cancel()`; "
+                "timed from `cancel()` returning to the handler's exit (the Python handler's `finally`) "
+                "or to no live process left in the command's process group (polled every 5 ms in "
+                "`/proc`), and to the worker having deleted the job's message (the queue's depth polled "
+                "every 5 ms). The command is `sh -c 'echo $$ > PIDFILE; trap \"\" TERM; sleep 60'` "
+                f"through `remotejob.command.CommandHandler(template, grace={grace})`: only SIGKILL ends "
+                f"it. Bound: one heartbeat interval plus the grace ({num(bound)} s).", "",
+                table(["setting", "handler", "runs", "cancel → stopped s, median / max",
+                       "cancel → message deleted s, median / max", "bound s", "within bound", "outcome"],
+                      rows)]
+    out += _control_requests(results)
+    return "\n".join(out)
+
+
+def _control_requests(results: Mapping[str, Any]) -> list[str]:
+    default, fast = _control(results, "moto", "requests"), _control(results, "moto", "requests_check_1s")
+    rows = []
+    for label, r in (("default (5 s)", default), ("1 s", fast)):
+        if r is None:
+            continue
+        rows.append([label, *(_row_or_failure(r, 7) or [
+            num(r["jobs"]), num(r["run_s"]), f"**{r['lists']}**", num(r["lists_allowed"]),
+            num(r["s3_per_job"], 3), f"**{num(r['s3_per_job_without_lists'], 3)}**",
+            f"**{num(r['sqs_per_job'], 3)}**"])])
+    if not rows:
+        return []
+    before = get(_ours(results, "moto", "batch"), "median_run", "requests_per_job", "total")
+    out = ["", "### Requests per job of jobs nobody cancels (moto S3 + SQS)", "",
+           "`submit_many` of small jobs, one burst worker in the benchmark process (concurrency "
+           f"{get(default, 'concurrency') or 8}, as the Throughput part's worker; `cancel_check` as "
+           "shown), then every status read once (the default check: the median of "
+           f"{len(get(default, 'runs_sqs_per_job') or [1])} runs by SQS per job, whose SQS per job were "
+           + ", ".join(num(x, 3) for x in get(default, "runs_sqs_per_job") or [])
+           + "); requests counted with `remotejob.backends.aws.request_counts()` around each phase. "
+           "A worker holding jobs lists the cancellation log (`S3.ListObjectsV2`) at most once per "
+           "check interval; *LISTs allowed*: one per interval the worker run lasted, plus one. Before "
+           "cancellation existed: "
+           f"{BEFORE_CANCEL['S3']:.2f} S3 and 0.41–{BEFORE_CANCEL['SQS']:.2f} SQS per job"
+           + (f" (this report's Requests per job, moto batch: {num(get(before, 'S3'), 3)} S3, "
+              f"{num(get(before, 'SQS'), 3)} SQS)" if before else "") + ".", "",
+           table(["`cancel_check`", "jobs", "worker run s", "LISTs", "LISTs allowed", "S3/job",
+                  "S3/job without LISTs", "SQS/job"], rows)]
+    per_job = get(default, "requests_per_job")
+    if isinstance(per_job, Mapping):
+        out += ["", "By operation and phase, default `cancel_check`:", "", _per_job_table(per_job)]
+    return out
+
+
+def _control_target_rows(results: Mapping[str, Any],
+                         add: Callable[[str, str, bool | None], None]) -> None:
+    """Issue 13's rows of the Targets table."""
+    if results.get("control") is None:
+        return
+    for setting, label in CONTROL_SETTINGS.items():
+        r = _control(results, setting, "race")
+        won, ok = get(r, "cancel_won"), get(r, "cancel_won_cancelled")
+        add(f"Cancel: a cancel committed before the job's claim means the outcome `cancelled`, 100% of "
+            f"rounds, on {label}", "-" if won is None else f"{ok}/{won} rounds the cancel won",
+            None if won is None else bool(won) and ok == won)
+        one, rounds, leaked = get(r, "one_outcome"), get(r, "rounds"), get(r, "cancelled_with_output")
+        add("Cancel racing completion: exactly one outcome per round, no output from a cancelled job, "
+            f"on {label}",
+            "-" if one is None else f"{one}/{rounds} one outcome; {leaked} cancelled with an output",
+            None if one is None else one == rounds and leaked == 0)
+    for setting, label in CONTROL_SETTINGS.items():
+        r = _control(results, setting, "before_take")
+        starts = get(r, "handler_starts")
+        add(f"A cancel made more than one check interval before the take: the handler never starts, "
+            f"on {label}",
+            "-" if starts is None else f"{starts} handler starts of {r['jobs']}; "
+            f"{r['cancelled']}/{r['jobs']} cancelled; {r['queue_left']} messages left",
+            None if starts is None else starts == 0 and r["cancelled"] == r["jobs"] and r["queue_left"] == 0)
+    for setting, label in CONTROL_SETTINGS.items():
+        for part, kind in (("stop_python", "Python handler"), ("stop_exec", "`--exec` ignoring SIGTERM")):
+            r = _control(results, setting, part)
+            worst = None if r is None or "skipped" in r else get(r, "stopped", "max_s")
+            deleted = None if worst is None else get(r, "deleted", "max_s")
+            measured = ("-" if worst is None else
+                        f"max {worst:.2f} s stopped, {deleted:.2f} s deleted (bound {r['bound_s']:g} s)")
+            if isinstance(r, Mapping) and "skipped" in r:
+                measured = "not measured: CommandHandler has no grace"
+            add(f"A running job stops within one heartbeat interval plus the grace ({kind}), on {label}",
+                measured, None if worst is None else r["within_bound"] == r["runs"])
+    r = _control(results, "moto", "requests")
+    s3, sqs = get(r, "s3_per_job_without_lists"), get(r, "sqs_per_job")
+    allowed = None if s3 is None else BEFORE_CANCEL["S3"] + 1 / r["jobs"]  # + one manifest per batch
+    add(f"Requests per job for jobs nobody cancels do not grow (moto, `submit_many`): S3 without the log's "
+        f"LISTs ≤ {BEFORE_CANCEL['S3']:.2f} + the batch's one manifest PUT, SQS ≤ {BEFORE_CANCEL['SQS']:.2f}",
+        "-" if s3 is None or allowed is None else
+        f"S3 {s3:.3f} (allowed {allowed:.3f}; {r['s3_per_job']:.3f} with LISTs), SQS {sqs:.3f}",
+        None if s3 is None or allowed is None else
+        s3 <= allowed + 1e-9 and round(sqs, 2) <= BEFORE_CANCEL["SQS"])
+    lists = [(label, x) for label, x in (("default check", r), ("1 s check", _control(results, "moto",
+                                                                                         "requests_check_1s")))
+             if get(x, "lists") is not None]
+    add("The cancellation log costs a few LISTs per worker run, not per job (moto)",
+        "; ".join(f"{label}: {x['lists']} in a {x['run_s']:.0f} s run of {x['jobs']} jobs (allowed "
+                  f"{x['lists_allowed']})" for label, x in lists) or "-",
+        None if not lists else all(x["lists"] <= x["lists_allowed"] for _, x in lists))
+
+
 def _ours_al(results: Mapping[str, Any], mode: str) -> Any:
     return get(results, "aws_latency", "ours", mode)
 
@@ -692,6 +911,9 @@ def _target_rows(results: Mapping[str, Any]) -> list[list[str]]:
     else:
         add("Idle worker: ≤ 1 ReceiveMessage per 20 s per status queue",
             f"{receives} in {idle['seconds']:.0f} s (allowed {idle['allowed']})", bool(idle["meets_target"]))
+
+    # Issue 13: cancel and time limits.
+    _control_target_rows(results, add)
     return rows
 
 
@@ -733,9 +955,11 @@ def render(results: Mapping[str, Any], old: str = "") -> str:
     ]
     if meta.get("quick"):
         intro += ["", "**A `--quick` smoke run: tiny counts, the numbers mean little.**"]
+    if control_measured_line(results):
+        intro += ["", control_measured_line(results)]
     sections: list[Callable[[Mapping[str, Any]], str]] = [
         section_targets, section_aws_latency, section_throughput, section_cpu, section_requests,
-        section_latency, section_idle, section_large, section_errors, section_counts,
+        section_latency, section_idle, section_large, section_control, section_errors, section_counts,
     ]
     parts = ["\n".join(intro), *(s(results) for s in sections), section_machine(meta), lead_section(old)]
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -1,7 +1,8 @@
 """Run every benchmark on this machine and write ``BENCHMARKS.md``.
 
 ``python -m bench.run [--quick] [--jobs N] [--aws-jobs N] [--runs 3] [--aws-latency-jobs N]
-[--aws-latency-runs N] [--skip PART,...] [--out BENCHMARKS.md]`` (or ``./dev bench ...``).
+[--aws-latency-runs N] [--skip PART,...] [--only control] [--out BENCHMARKS.md]`` (or
+``./dev bench ...``).
 
 It starts a moto server (SQS and S3) and SeaweedFS (S3) once, creates a bucket on each, and
 measures, in this order:
@@ -18,7 +19,15 @@ measures, in this order:
    per-request latency; through it remotejob (batch and one by one), Celery on SQS without
    results and with the S3 result backend, the raw boto3 floor, and the latency of remotejob and
    Celery;
-7. large bodies (``bench.large``): remotejob on SeaweedFS and embedded, and boto3 on SeaweedFS.
+7. large bodies (``bench.large``): remotejob on SeaweedFS and embedded, and boto3 on SeaweedFS;
+8. cancel and time limits (``bench.control``), on the embedded setting and on moto: cancel racing
+   completion, cancels made before the take, how fast a running job stops, and the requests per
+   job of jobs nobody cancels.
+
+``--only control`` runs part 8 alone (moto only, no SeaweedFS) and merges it into the saved raw
+results (``bench/results/latest.json``, which must exist): ``results["control"]`` and its failed
+measurements are replaced, everything else is kept, and the report is rendered again from the
+merged results (a line under its title says when the control part was measured).
 
 Every throughput run also records CPU seconds per job: of the worker (remotejob's worker
 process, Celery's worker, huey's consumer) and of the submitting process.
@@ -56,7 +65,9 @@ from bench import ours, report  # noqa: E402 - needs the repo on sys.path
 
 RESULTS = REPO / "bench" / "results" / "latest.json"
 BUCKET = "remotejob-bench"
-PARTS = ("ours", "latency", "idle", "peers", "aws-latency", "large")
+PARTS = ("ours", "latency", "idle", "peers", "aws-latency", "large", "control")
+ONLY = ("control",)
+"""Parts ``--only`` can run alone, merged into the saved results."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +100,22 @@ class Plan:
     One: through the proxy the rates are bound by the injected latency, and two runs differed by
     under 3% on the machine this was written on, while each run of ours one by one takes ~35 s
     (the whole part takes ~2.5 min with one run, ~4.5 min with two)."""
+    control_rounds: int = 100
+    """Rounds of cancel against completion, per setting."""
+    control_jobs: int = 50
+    """Jobs cancelled before a worker takes them, per setting."""
+    control_stop_runs: int = 5
+    """Running jobs cancelled per setting and kind (Python handler, ``--exec`` command)."""
+    control_request_jobs: int = 200
+    """Jobs nobody cancels whose requests are counted (moto)."""
 
     @classmethod
     def quick(cls) -> Plan:
         """Tiny counts for a smoke run of every part (under two minutes)."""
         return cls(jobs=100, aws_jobs=50, celery_s3_jobs=10, runs=1, latency_n=10, idle_s=25.0,
                    large_bytes=32 * 1024**2, large_runs=1, aws_latency_jobs=30,
-                   aws_latency_celery_s3_jobs=10, aws_latency_runs=1)
+                   aws_latency_celery_s3_jobs=10, aws_latency_runs=1, control_rounds=10, control_jobs=10,
+                   control_stop_runs=2, control_request_jobs=50)
 
 
 def log(message: str) -> None:
@@ -135,6 +155,7 @@ class Servers:
 
     moto: Any
     weed: Any
+    """SeaweedFS, or None when it was not started (``--only control``)."""
     workdir: Path
 
     def aws_env(self, s3_endpoint: str, prefix: str, sqs_endpoint: str | None = None) -> dict[str, str]:
@@ -156,29 +177,32 @@ class Servers:
         }
 
     def settings(self) -> dict[str, dict[str, str]]:
-        """``embedded``, ``moto`` and ``seaweedfs``: each setting's environment."""
+        """``embedded``, ``moto`` and ``seaweedfs`` (if started): each setting's environment."""
         home = self.workdir / "embedded-home"
         home.mkdir(parents=True, exist_ok=True)
-        return {
+        out = {
             "embedded": {"REMOTEJOB_HOME": str(home)},
             "moto": self.aws_env(self.moto.endpoint, "ours"),
-            "seaweedfs": self.aws_env(self.weed.endpoint, "ours"),
         }
+        if self.weed is not None:
+            out["seaweedfs"] = self.aws_env(self.weed.endpoint, "ours")
+        return out
 
 
 @contextmanager
-def running_servers(workdir: Path) -> Iterator[Servers]:
-    """Start moto and SeaweedFS, create the bucket on each; stop both afterwards."""
+def running_servers(workdir: Path, seaweedfs: bool = True) -> Iterator[Servers]:
+    """Start moto and (unless told not to) SeaweedFS, create the bucket on each; stop them afterwards."""
     from tests import servers
 
     started: list[Any] = []
     try:
-        log("starting moto and SeaweedFS ...")
+        log("starting moto and SeaweedFS ..." if seaweedfs else "starting moto ...")
         started.append(servers.start_moto())
-        started.append(servers.start_seaweedfs())
+        if seaweedfs:
+            started.append(servers.start_seaweedfs())
         for server in started:
             servers._client("s3", server.endpoint).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
-        yield Servers(started[0], started[1], workdir)
+        yield Servers(started[0], started[1] if seaweedfs else None, workdir)
     finally:
         for server in started:
             server.stop()
@@ -377,7 +401,34 @@ def measure_aws_latency(record: Recorder, srv: Servers, plan: Plan, workdir: Pat
     return out
 
 
-def run_all(plan: Plan, skip: set[str], workdir: Path) -> dict[str, Any]:
+def measure_control(record: Recorder, settings: dict[str, dict[str, str]], plan: Plan, workdir: Path,
+                    command: str, separate: bool) -> dict[str, Any]:
+    """``bench.control`` on the embedded setting and on moto, with when and how it was measured."""
+    started = time.time()
+    meta = report.environment()
+    try:
+        from bench import control
+    except Exception as exc:  # noqa: BLE001 - reported as a row
+        reason = f"bench.control could not be imported: {type(exc).__name__}: {exc}"
+        log(reason)
+        return {"error": reason}
+    counts = {"rounds": plan.control_rounds, "jobs": plan.control_jobs, "stop_runs": plan.control_stop_runs,
+              "request_jobs": plan.control_request_jobs}
+    out: dict[str, Any] = {
+        "plan": {**counts, "concurrency": control.CONCURRENCY, "cancel_check_s": control.CANCEL_CHECK_S,
+                 "cancel_grace_s": control.CANCEL_GRACE_S, "visibility_s": control.VISIBILITY_S},
+    }
+    for setting in ("embedded", "moto"):
+        out[setting] = control.measure_setting(record, setting, settings[setting], counts,
+                                               workdir / "control")
+    meta["load_after"] = os.getloadavg()
+    out["meta"] = {**meta, "started": started, "wall_s": time.time() - started, "command": command,
+                   "separate": separate, "quick": plan.control_rounds < Plan.control_rounds}
+    return out
+
+
+def run_all(plan: Plan, skip: set[str], workdir: Path, command: str = "python -m bench.run"
+            ) -> dict[str, Any]:
     """Every measurement of ``plan`` not in ``skip``; returns the raw results."""
     record = Recorder()
     results: dict[str, Any] = {"plan": asdict(plan), "skipped": sorted(skip)}
@@ -410,11 +461,28 @@ def run_all(plan: Plan, skip: set[str], workdir: Path) -> dict[str, Any]:
                 results["aws_latency"] = measure_aws_latency(record, srv, plan, workdir)
             if "large" not in skip:
                 results["large"] = measure_large(record, srv, plan, workdir)
+            if "control" not in skip:
+                results["control"] = measure_control(record, settings, plan, workdir, command, separate=False)
         finally:
             if idle_worker is not None:
                 idle_worker.kill()
     results["errors"] = record.errors
     return results
+
+
+def run_only(plan: Plan, part: str, workdir: Path, saved: dict[str, Any], command: str) -> dict[str, Any]:
+    """Run ``part`` alone and merge it into ``saved`` (the raw results of an earlier run).
+
+    Only ``control`` can: ``saved["control"]`` and the failures recorded under it are replaced;
+    everything else, the run's own ``meta`` and ``plan`` included, is kept.
+    """
+    assert part == "control", part  # noqa: S101 - parse_args allows only ONLY
+    record = Recorder()
+    with running_servers(workdir, seaweedfs=False) as srv:
+        control = measure_control(record, srv.settings(), plan, workdir, command, separate=True)
+    errors = [e for e in saved.get("errors") or []
+              if not str(e.get("measurement", "")).startswith("control ")]
+    return {**saved, "control": control, "errors": errors + record.errors}
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -434,6 +502,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aws-latency-runs", type=int,
                         help=f"runs per measurement through the proxy (default {Plan.aws_latency_runs})")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
+    parser.add_argument("--only", choices=ONLY,
+                        help="run this part alone and merge it into the saved results (--results), then "
+                             "render the report from them")
     parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="the report to write")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the raw JSON goes")
     args = parser.parse_args(argv)
@@ -441,6 +512,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = args.skip_parts - set(PARTS)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    if args.only and args.skip_parts:
+        parser.error("--only and --skip do not mix")
+    if args.only and not args.results.exists():
+        parser.error(f"--only merges into saved results, but {args.results} does not exist: "
+                     "run everything first")
     for name in ("jobs", "aws_jobs", "runs", "aws_latency_jobs", "aws_latency_runs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -463,8 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="remotejob-bench-"))
     started = time.time()
     environment = report.environment()
+    command = " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
     try:
-        results = run_all(plan, args.skip_parts, workdir)
+        if args.only:
+            results = run_only(plan, args.only, workdir, json.loads(args.results.read_text()), command)
+        else:
+            results = run_all(plan, args.skip_parts, workdir, command)
     except KeyboardInterrupt:
         log("interrupted: servers and workers stopped, nothing written")
         return 130
@@ -472,18 +552,21 @@ def main(argv: list[str] | None = None) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         shutil.rmtree(workdir, ignore_errors=True)
-    environment["load_after"] = os.getloadavg()
-    results["meta"] = {
-        **environment, "started": started, "wall_s": time.time() - started, "quick": args.quick,
-        "command": " ".join(["python -m bench.run", *(sys.argv[1:] if argv is None else argv)]),
-    }
+    if not args.only:
+        environment["load_after"] = os.getloadavg()
+        results["meta"] = {
+            **environment, "started": started, "wall_s": time.time() - started, "quick": args.quick,
+            "command": command,
+        }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1, default=str))
     old = args.out.read_text() if args.out.exists() else ""
     args.out.write_text(report.render(results, old))
-    log(f"wrote {args.out} and {args.results} in {results['meta']['wall_s']:.0f} s"
-        f" ({len(results['errors'])} measurement(s) failed)")
-    return 1 if results["errors"] else 0
+    failed = [e for e in results["errors"]
+              if not args.only or str(e.get("measurement")).startswith("control ")]
+    log(f"wrote {args.out} and {args.results} in {time.time() - started:.0f} s ({len(failed)} measurement(s)"
+        " failed)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
