@@ -1,7 +1,8 @@
 """The ``remotejob`` command group and what every command shares: connection options, exit
 codes, one-line errors, ``--json`` output, tables and progress bars.
 
-Exit codes: 0 ok, 1 a job failed, 2 usage or configuration error (an unknown job id too),
+Exit codes: 0 ok, 1 a job failed or was cancelled (``cancel``: a job had finished first),
+2 usage or configuration error (an unknown job id too; ``retry`` of a job that cannot be retried),
 3 backend unavailable, 4 timeout. Expected errors print one line; ``--debug`` shows the traceback.
 """
 
@@ -12,16 +13,19 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import TracebackType
 from typing import IO, Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .. import errors
 from ..queue import Queue, connect
 from ..redact import RedactSecrets
+from ..status import JobStatus
+from ..status import Progress as JobProgress
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_TIMEOUT = 1, 2, 3, 4
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -134,3 +138,69 @@ class ProgressReader:
         chunk = self._source.read(size)
         self._bar.advance(self._task, len(chunk))
         return chunk
+
+
+def progress_count(p: JobProgress) -> str:
+    """How far a job says it has got, as a count: ``40/100 (40%)``, or ``40`` without a total."""
+    if p.total is None:
+        return f"{p.done:g}"
+    fraction = p.fraction
+    percent = "" if fraction is None else f" ({fraction * 100:.0f}%)"
+    return f"{p.done:g}/{p.total:g}{percent}"
+
+
+MAX_JOB_BARS = 20
+"""``wait`` shows a bar for each of the first this many jobs (and one for all, for several)."""
+
+
+class JobBars:
+    """Live progress bars for jobs being waited on, drawn on ``console`` while it is a terminal
+    (nothing at all otherwise): one per job (its state, a bar whose total is the job's reported
+    ``progress.total``, the count and ``progress.message``), for the first :data:`MAX_JOB_BARS`
+    jobs, and one counting the jobs done when there are several. Transient: gone when it stops.
+
+    Use it as a context manager and call :meth:`update` with each status read.
+    """
+
+    def __init__(self, console: Console, job_ids: Sequence[str]) -> None:
+        self.bar = Progress(
+            TextColumn("{task.fields[job]}", markup=False), TextColumn("{task.fields[state]}", markup=False),
+            BarColumn(), TextColumn("{task.fields[count]}", markup=False),
+            TextColumn("{task.description}", markup=False),  # a handler's text: no rich markup
+            console=console, disable=not console.is_terminal, transient=True,
+        )
+        ids = list(dict.fromkeys(job_ids))
+        self._tasks = {job_id: self.bar.add_task("", total=None, job=job_id, state="", count="")
+                       for job_id in ids[:MAX_JOB_BARS]}
+        self._total = len(ids)
+        self._done: set[str] = set()
+        self._all: TaskID | None = None
+        if len(ids) > 1:
+            self._all = self.bar.add_task("", total=len(ids), job="jobs done", state="",
+                                          count=f"0/{len(ids)}")
+
+    def update(self, st: JobStatus) -> None:
+        """Show where job ``st.id`` stands."""
+        if st.done and st.id not in self._done:
+            self._done.add(st.id)
+            if self._all is not None:
+                done = len(self._done)
+                self.bar.update(self._all, completed=done, count=f"{done}/{self._total}")
+        task = self._tasks.get(st.id)
+        if task is None:
+            return
+        p = st.progress
+        if p is not None and p.total:
+            self.bar.update(task, total=p.total, completed=min(p.done, p.total))
+        elif st.state == "completed":
+            self.bar.update(task, total=1, completed=1)
+        self.bar.update(task, state=st.state, count="" if p is None else progress_count(p),
+                        description=(p.message or "") if p is not None else "")
+
+    def __enter__(self) -> JobBars:
+        self.bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.bar.stop()

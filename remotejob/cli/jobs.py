@@ -1,4 +1,4 @@
-"""Commands for requesters: init, submit, status, wait, fetch, ls."""
+"""Commands for requesters: init, submit, status, wait, cancel, retry, fetch, ls."""
 
 from __future__ import annotations
 
@@ -13,21 +13,28 @@ from typing import Any
 import click
 
 from .. import records
-from ..errors import NotFound, WaitTimeout
+from ..errors import InvalidKey, NotFound, NotRetryable, WaitTimeout
 from ..queue import Queue
 from ..status import JobStatus
 from .app import (
     EXIT_FAILED,
+    EXIT_USAGE,
     PROGRESS_MIN_BYTES,
     Context,
+    JobBars,
     ProgressReader,
     emit_json,
+    err,
     main,
     out,
     pass_context,
     progress,
+    progress_count,
     table,
 )
+
+UNSUCCESSFUL = ("failed", "cancelled")
+"""Outcomes that make submit --wait and wait exit 1."""
 
 
 @main.command()
@@ -65,13 +72,17 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--meta", "meta_pairs", multiple=True, metavar="KEY=VALUE",
               help="Metadata for every job (repeatable).")
 @click.option("--status", default="pending", show_default=True, help="Status queue to send to.")
-@click.option("--wait", "wait_", is_flag=True, help="Wait for the jobs; exit 1 if any failed.")
+@click.option("--wait", "wait_", is_flag=True,
+              help="Wait for the jobs; exit 1 if any failed or was cancelled.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, help="With --wait: give up after S s.")
 @click.option("--fetch", "fetch_dir", type=click.Path(file_okay=False), default=None,
               help="Wait, then download each job's outputs to DIR/JOB_ID/.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Each attempt may run S seconds; past it the job is stopped and the attempt fails "
+                   "(and is retried) [default: the worker's --time-limit].")
 @pass_context
 def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], status: str, wait_: bool,
-           timeout: float | None, fetch_dir: str | None) -> None:
+           timeout: float | None, fetch_dir: str | None, time_limit: float | None) -> None:
     """Submit one job per FILE ('-' reads stdin); print one job id per line.
 
     \b
@@ -79,6 +90,7 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
       remotejob submit photos/*.jpg --meta size=128
       remotejob submit scan.pdf --wait --fetch results/
       tar c data | remotejob submit - --meta name=backup
+      remotejob submit big.csv --time-limit 3600
     """
     meta = _parse_meta(meta_pairs)
     for name in files:
@@ -86,7 +98,7 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
             ctx.fail(f"{name}: no such file (check the path)", 2)
     with ctx.errors():
         q = ctx.connect()
-        ids = _submit_all(q, files, meta, status)
+        ids = _submit_all(q, files, meta, status, time_limit)
         if wait_ or fetch_dir:
             done = wait_all(q, ids, timeout)
             failed = _report(done.values(), quiet_ok=True)
@@ -98,7 +110,9 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
                 sys.exit(EXIT_FAILED)
 
 
-def _submit_all(q: Queue, files: Sequence[str], meta: dict[str, str], status: str) -> list[str]:
+def _submit_all(
+    q: Queue, files: Sequence[str], meta: dict[str, str], status: str, time_limit: float | None = None
+) -> list[str]:
     """Submit the files (big ones one by one with a progress bar, the rest in batches); print
     and return the job ids in FILE order."""
     small = [i for i, n in enumerate(files) if n == "-" or os.path.getsize(n) < PROGRESS_MIN_BYTES]
@@ -106,18 +120,18 @@ def _submit_all(q: Queue, files: Sequence[str], meta: dict[str, str], status: st
     if small:
         items = [{"body": sys.stdin.buffer, **meta} if files[i] == "-"
                  else {"body": Path(files[i]), "filename": Path(files[i]).name, **meta} for i in small]
-        ids.update(zip(small, q.submit_many(items, status=status), strict=True))
+        ids.update(zip(small, q.submit_many(items, status=status, time_limit=time_limit), strict=True))
     for i, name in enumerate(files):
         if i not in ids:
-            ids[i] = _submit_one(q, name, meta, status)
+            ids[i] = _submit_one(q, name, meta, status, time_limit)
         click.echo(ids[i])
     sys.stdout.flush()
     return [ids[i] for i in range(len(files))]
 
 
-def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str) -> str:
+def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str, time_limit: float | None) -> str:
     if name == "-":
-        job_id = q.submit({"body": sys.stdin.buffer, **meta}, status=status)
+        job_id = q.submit({"body": sys.stdin.buffer, **meta}, status=status, time_limit=time_limit)
     else:
         path = Path(name)
         size = path.stat().st_size
@@ -125,12 +139,14 @@ def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str) -> str:
             stream: Any = body
             if size >= PROGRESS_MIN_BYTES:
                 stream = ProgressReader(body, bar, bar.add_task(f"upload {path.name}", total=size))
-            job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status)
+            job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status,
+                              time_limit=time_limit)
     return job_id
 
 
 def wait_all(q: Queue, ids: Sequence[str], timeout: float | None) -> dict[str, JobStatus]:
-    """Wait until every job is completed or failed; return their statuses in ``ids`` order.
+    """Wait until every job is completed, failed or cancelled; return their statuses in ``ids``
+    order. On a terminal, stderr shows live progress bars meanwhile (:class:`JobBars`).
 
     Raises:
         WaitTimeout: some jobs were not done after ``timeout`` seconds.
@@ -140,15 +156,14 @@ def wait_all(q: Queue, ids: Sequence[str], timeout: float | None) -> dict[str, J
     done: dict[str, JobStatus] = {}
     pending = list(dict.fromkeys(ids))
     delay = 0.05
-    with progress() as bar:
-        task = bar.add_task("jobs done", total=len(pending), visible=len(pending) > 1)
+    with JobBars(err, pending) as bars:
         while True:
             for job_id in list(pending):
                 st = q.status(job_id)
+                bars.update(st)
                 if st.done:
                     done[job_id] = st
                     pending.remove(job_id)
-                    bar.advance(task)
             if not pending:
                 return {job_id: done[job_id] for job_id in ids}
             left = None if deadline is None else deadline - time.monotonic()
@@ -162,12 +177,14 @@ def wait_all(q: Queue, ids: Sequence[str], timeout: float | None) -> dict[str, J
 
 
 def _report(statuses: Any, quiet_ok: bool = False) -> int:
-    """Print failed jobs on stderr (and completed ones on stdout unless quiet); return #failed."""
+    """Print failed and cancelled jobs on stderr (and completed ones on stdout unless quiet);
+    return how many failed or were cancelled."""
     failed = 0
     for st in statuses:
-        if st.state == "failed":
+        if st.state in UNSUCCESSFUL:
             failed += 1
-            click.echo(f"{st.id}  failed  {st.error}", err=True)
+            reason = st.error or ("no reason given" if st.state == "cancelled" else "")
+            click.echo(f"{st.id}  {st.state}  {reason}", err=True)
         elif not quiet_ok:
             click.echo(f"{st.id}  {st.state}  {', '.join(st.outputs)}")
     return failed
@@ -181,6 +198,12 @@ def status_doc(st: JobStatus) -> dict[str, Any]:
         "attempt": st.attempt, "worker": st.worker, "started": st.started,
         "assets": {n: {"size": a.size, "sha256": a.sha256, "content_type": a.content_type}
                    for n, a in st.assets.items()},
+        "progress": None if st.progress is None else {
+            "done": st.progress.done, "total": st.progress.total, "message": st.progress.message,
+            "updated": st.progress.updated},
+        "run": st.run,
+        "history": [{"state": a.state, "error": a.error, "worker": a.worker, "attempt": a.attempt,
+                     "started": a.started, "updated": a.updated} for a in st.history],
     }
 
 
@@ -198,12 +221,21 @@ def _summary(error: str | None, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def progress_text(st: JobStatus, now: float) -> str:
+    """A job's latest progress as the tables show it: ``40/100 (40%) resizing, 5s ago``."""
+    p = st.progress
+    if p is None:
+        return ""
+    text = progress_count(p) + (f" {_summary(p.message, 40)}" if p.message else "")
+    return text if st.done else f"{text}, {_age(max(0.0, now - p.updated))} ago"
+
+
 def _status_table(statuses: Sequence[JobStatus]) -> None:
     now = time.time()
     table(
-        ("job", "state", "status", "age", "attempts", "outputs", "error"),
-        [(st.id, st.state, st.status, _age(now - st.created), st.attempt or "", ", ".join(st.outputs),
-          _summary(st.error)) for st in statuses],
+        ("job", "state", "status", "age", "attempts", "earlier runs", "progress", "outputs", "error"),
+        [(st.id, st.state, st.status, _age(now - st.created), st.attempt or "", len(st.history) or "",
+          progress_text(st, now), ", ".join(st.outputs), _summary(st.error)) for st in statuses],
     )
 
 
@@ -212,12 +244,16 @@ def _status_table(statuses: Sequence[JobStatus]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_context
 def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Show where jobs stand: pending, inprogress, completed or failed.
+    """Show where jobs stand: pending, inprogress, completed, failed or cancelled.
+
+    With each job: the progress its handler last reported (done/total, message, how long ago),
+    the error of a failed job or the reason of a cancelled one, and how many earlier runs a
+    retried job had (--json: "progress", "run" and "history").
 
     \b
     Example:
       remotejob status 0190a1b2c3d4e5f6a7b8c9d0e1f2
-      remotejob status --json JOB_ID | jq .state
+      remotejob status --json JOB_ID | jq .progress
     """
     with ctx.errors():
         q = ctx.connect()
@@ -236,7 +272,11 @@ def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_context
 def wait(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json: bool) -> None:
-    """Wait until jobs are completed or failed; exit 1 if any failed, 4 on timeout.
+    """Wait until jobs are completed, failed or cancelled; exit 1 if any failed or was
+    cancelled (listed on stderr), 4 on timeout.
+
+    On a terminal, stderr shows a live progress bar per job while it waits (from what each
+    handler reports with job.progress()); in a pipe or a file, nothing but the results.
 
     \b
     Example:
@@ -247,11 +287,106 @@ def wait(ctx: Context, job_ids: tuple[str, ...], timeout: float | None, as_json:
     if as_json:
         for st in done.values():
             emit_json(status_doc(st))
-        failed = sum(st.state == "failed" for st in done.values())
+        failed = sum(st.state in UNSUCCESSFUL for st in done.values())
     else:
         failed = _report(done.values())
     if failed:
         sys.exit(EXIT_FAILED)
+
+
+def _control_table(statuses: Sequence[JobStatus]) -> None:
+    now = time.time()
+    table(
+        ("job", "state", "status", "earlier runs", "progress", "error"),
+        [(st.id, st.state, st.status, len(st.history) or "", progress_text(st, now),
+          _summary(st.error)) for st in statuses],
+    )
+
+
+def _problems(problems: list[str]) -> str:
+    return "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--reason", default=None, metavar="TEXT", help="Why: recorded as the cancelled job's error.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def cancel(ctx: Context, job_ids: tuple[str, ...], reason: str | None, as_json: bool) -> None:
+    """Cancel jobs: a queued job never runs, a running one is asked to stop; print their states.
+
+    Workers hear of a cancel within their --cancel-check interval: a Python handler sees
+    job.cancelled (job.check() raises remotejob.Cancelled), a --exec command gets SIGTERM,
+    then SIGKILL after the worker's --cancel-grace. A cancelled job publishes no outputs and is
+    not retried (unless you `remotejob retry` it). A job that finished first keeps its outcome.
+
+    Exit code 0 if every job is now cancelled (cancelling one again is harmless), 1 if a job
+    had already completed or failed (the table shows which), 2 for an unknown job id (the
+    others are still cancelled).
+
+    \b
+    Example:
+      remotejob cancel JOB_ID --reason "wrong input"
+      remotejob ls --state pending --json | jq -r .id | xargs remotejob cancel
+    """
+    statuses: list[JobStatus] = []
+    unknown: list[str] = []
+    with ctx.errors():
+        q = ctx.connect()
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                statuses.append(q.cancel(job_id, reason))
+            except (NotFound, InvalidKey) as exc:
+                unknown.append(str(exc))
+    if as_json:
+        for st in statuses:
+            emit_json(status_doc(st))
+    elif statuses:
+        _control_table(statuses)
+    finished = [st for st in statuses if st.state != "cancelled"]
+    if unknown:
+        ctx.fail(_problems(unknown), EXIT_USAGE)
+    if finished:
+        ctx.fail("not cancelled, finished first: " + ", ".join(f"{st.id} ({st.state})" for st in finished),
+                 EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_context
+def retry(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Run failed or cancelled jobs again, under the same ids; print their new states.
+
+    Each job goes back to the status queue it ended in, with its input and metadata; its
+    earlier outcome is kept in its history (`remotejob status` counts the earlier runs).
+
+    Exit code 0 if every job was sent again; 2 if a job cannot be retried (the error line
+    says why: it is pending, running or completed, or was cancelled while queued and no worker
+    has dropped its message yet, or another retry sent it already) or its id is unknown; the
+    others are still retried.
+
+    \b
+    Example:
+      remotejob retry JOB_ID
+      remotejob ls --state failed --json | jq -r .id | xargs remotejob retry
+    """
+    statuses: list[JobStatus] = []
+    refused: list[str] = []
+    with ctx.errors():
+        q = ctx.connect()
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                statuses.append(q.retry(job_id))
+            except (NotFound, InvalidKey, NotRetryable) as exc:
+                refused.append(str(exc))
+    if as_json:
+        for st in statuses:
+            emit_json(status_doc(st))
+    elif statuses:
+        _control_table(statuses)
+    if refused:
+        ctx.fail(_problems(refused), EXIT_USAGE)
 
 
 def _digest(st: JobStatus, name: str) -> str | None:
@@ -317,7 +452,8 @@ def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
 
 
 @main.command(name="ls")
-@click.option("--state", type=click.Choice(["pending", "inprogress", "completed", "failed"]), default=None,
+@click.option("--state", type=click.Choice(["pending", "inprogress", "completed", "failed", "cancelled"]),
+              default=None,
               help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N jobs.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

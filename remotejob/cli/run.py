@@ -55,11 +55,21 @@ def _load_handler(target: str) -> Handler:
               help="Seconds running jobs get to finish after SIGTERM/SIGINT.")
 @click.option("--dead-letter-check", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="While idle, settle jobs the queue dead-lettered by itself at most this often (seconds).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop a job that runs longer than S seconds (if it was submitted without a "
+                   "--time-limit of its own); the attempt fails with TimeLimitExceeded and is retried.")
+@click.option("--cancel-grace", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="S",
+              help="Seconds a job asked to stop (cancelled, or past its time limit) gets before the "
+                   "worker goes on without it (--exec: SIGTERM, then SIGKILL after S).")
+@click.option("--cancel-check", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              metavar="S", help="While holding jobs, read the store's list of cancelled jobs at most "
+                                "this often (one LIST per interval, not per job).")
 @pass_context
 def worker(
     ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
     concurrency: int, prefetch: int | None, burst: bool, max_jobs: int | None, max_attempts: int,
-    retry_delay: float, grace_period: float, dead_letter_check: float,
+    retry_delay: float, grace_period: float, dead_letter_check: float, time_limit: float | None,
+    cancel_grace: float, cancel_check: float,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -70,6 +80,13 @@ def worker(
     exit or a timeout fails the attempt; it is retried, then recorded failed.
 
     A handler FUNCTION(job) returns output assets (a list of {"key", "body"} dicts) or None.
+    It may report progress with job.progress(done, total, message) and should stop when
+    job.cancelled is true (or call job.check(), which raises remotejob.Cancelled).
+
+    A cancelled job (`remotejob cancel`) is dropped if it has not started; a running one is
+    asked to stop (--exec: SIGTERM to its process group, SIGKILL after --cancel-grace). A job
+    running past its time limit (`submit --time-limit`, else --time-limit) is stopped the same
+    way and its attempt fails.
 
     SIGTERM or Ctrl-C stops taking jobs and lets running ones finish within the grace period;
     then, or on a second signal, unfinished jobs are released to other workers at once.
@@ -79,6 +96,7 @@ def worker(
       remotejob worker --exec 'convert {input} {outdir}/thumb.png' --concurrency 4
       remotejob worker --exec 'python3 transform.py {input} {outdir}' --timeout 600 --burst
       remotejob worker thumbnails:make_thumbnail --burst
+      remotejob worker --exec './render.sh {input} {outdir}' --time-limit 900 --cancel-grace 30
     """
     if (target is None) == (command is None):
         raise click.UsageError("give either MODULE:FUNCTION or --exec CMD")
@@ -87,7 +105,7 @@ def worker(
     handler: Handler
     if command is not None:
         try:
-            handler = CommandHandler(command, shell=shell, timeout=timeout)
+            handler = CommandHandler(command, shell=shell, timeout=timeout, grace=cancel_grace)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--exec") from exc
     else:
@@ -97,7 +115,8 @@ def worker(
             ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
             prefetch=prefetch, max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
             max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
-            dead_letter_check=dead_letter_check,
+            dead_letter_check=dead_letter_check, time_limit=time_limit, cancel_grace=cancel_grace,
+            cancel_check=cancel_check,
         )
         count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
