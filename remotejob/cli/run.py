@@ -17,6 +17,11 @@ from ..worker import Handler, Worker
 from .app import Context, err, main, out, pass_context, table
 
 
+KILL_MARGIN_S = 15.0
+"""How much longer than ``--cancel-grace`` a worker waits for an ``--exec`` handler that was asked
+to stop: the handler's SIGKILL comes after the grace, and it waits up to 10 s for the group."""
+
+
 def _load_handler(target: str) -> Handler:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -115,8 +120,10 @@ def worker(
             ctx.connect(max_attempts=max_attempts), handler, status=status, concurrency=concurrency,
             prefetch=prefetch, max_jobs=max_jobs, burst=burst, retry_delay=retry_delay,
             max_retry_delay=max(retry_delay, 900.0), grace_period=grace_period,
-            dead_letter_check=dead_letter_check, time_limit=time_limit, cancel_grace=cancel_grace,
-            cancel_check=cancel_check,
+            dead_letter_check=dead_letter_check, time_limit=time_limit, cancel_check=cancel_check,
+            # a command gets SIGTERM, then SIGKILL after cancel_grace: the worker waits for that
+            # (and the group to be gone) before it goes on without the handler
+            cancel_grace=cancel_grace + (KILL_MARGIN_S if command is not None else 0.0),
         )
         count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
