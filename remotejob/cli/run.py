@@ -16,7 +16,6 @@ from ..command import CommandHandler
 from ..worker import Handler, Worker
 from .app import Context, err, main, out, pass_context, table
 
-
 KILL_MARGIN_S = 15.0
 """How much longer than ``--cancel-grace`` a worker waits for an ``--exec`` handler that was asked
 to stop: the handler's SIGKILL comes after the grace, and it waits up to 10 s for the group."""
