@@ -8,6 +8,7 @@ handler finally returns.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -15,13 +16,16 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 
 class HandlerPool(Generic[T]):
     """Runs ``run(item)`` for each submitted item on one of ``size`` threads.
 
     Args:
         size: threads running at once (not counting retired ones still stuck in a handler).
-        run: called with each item; it must not raise (whatever it raises is lost).
+        run: called with each item; whatever it raises is logged (at debug level) and dropped,
+            and the thread goes on to the next item.
         name: the threads' name prefix.
     """
 
@@ -69,6 +73,8 @@ class HandlerPool(Generic[T]):
                 self._running[id(item)] = me
             try:
                 self._run(item)
+            except BaseException:  # noqa: BLE001 - as a ThreadPoolExecutor would, keep the thread
+                logger.debug("a handler thread's item raised", exc_info=True)
             finally:
                 with self._lock:
                     self._running.pop(id(item), None)
