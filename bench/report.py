@@ -577,9 +577,11 @@ def _control_requests(results: Mapping[str, Any]) -> list[str]:
            "A worker holding jobs lists the cancellation log (`S3.ListObjectsV2`) at most once per "
            "check interval; *LISTs allowed*: one per interval the worker run lasted, plus one. Before "
            "cancellation existed: "
-           f"{BEFORE_CANCEL['S3']:.2f} S3 and 0.41–{BEFORE_CANCEL['SQS']:.2f} SQS per job"
-           + (f" (this report's Requests per job, moto batch: {num(get(before, 'S3'), 3)} S3, "
-              f"{num(get(before, 'SQS'), 3)} SQS)" if before else "") + ".", "",
+           f"{BEFORE_CANCEL['S3']:.2f} S3 and 0.41–{BEFORE_CANCEL['SQS']:.2f} SQS per job (the "
+           "report of 2026-11-30 06:11, at 84a1b89)"
+           + (f"; this report's Requests per job, moto batch, which include the LISTs: "
+              f"{num(get(before, 'S3'), 3)} S3, {num(get(before, 'SQS'), 3)} SQS" if before else "")
+           + ".", "",
            table(["`cancel_check`", "jobs", "worker run s", "LISTs", "LISTs allowed", "S3/job",
                   "S3/job without LISTs", "SQS/job"], rows)]
     per_job = get(default, "requests_per_job")
