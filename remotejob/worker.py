@@ -87,8 +87,9 @@ class Worker:
         cancel_grace: seconds a handler asked to stop (cancelled, or past its time limit) gets
             before the worker records the attempt's end without it and discards what it returns
             (``worker --exec`` sends SIGTERM, then SIGKILL after this grace).
-        cancel_check: while holding jobs, read the store's cancellation log at most this often
-            (seconds; one LIST each time): a cancel reaches running jobs within it.
+        cancel_check: while holding jobs, read the store's cancellation log this often (seconds;
+            one LIST each time), or once per heartbeat interval (a third of the visibility
+            timeout, at least 1 s) if that is shorter: a cancel reaches running jobs within it.
 
     Raises:
         UnknownStatus: the status is not configured.
@@ -164,8 +165,9 @@ class Worker:
         self._swept = time.monotonic()
         self._heartbeat = Heartbeat(self.ctx, queue.visibility_timeout)
         self.cancel_grace = cancel_grace
-        cancellations = self.ctx.cancellations
-        cancellations.interval = min(cancellations.interval, cancel_check)
+        cancellations = self.ctx.cancellations  # at least once per heartbeat interval, too
+        heartbeat_s = max(1.0, queue.visibility_timeout / 3)
+        cancellations.interval = min(cancellations.interval, cancel_check, heartbeat_s)
         self._watch = Watch(self.ctx, cancel_grace, self._abandon)
         self._settling: set[Job] = set()
         self._pool: HandlerPool[Job] = HandlerPool(0, self._execute, "remotejob-handler")
