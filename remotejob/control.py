@@ -41,6 +41,8 @@ CHECK_S = 5.0
 """How often a worker holding jobs reads the cancellation log, by default."""
 LOOKBACK_S = 900.0
 """How far before the newest entry seen a later read of the log starts."""
+REASON_MAX = 16 * 1024
+"""Characters of a cancel's reason kept in the record (a notice carries at most 4 KiB of it)."""
 KEEP_S = 15 * 24 * 3600.0
 """Entries older than this are removed by a worker's first read: no queue keeps a message longer
 (SQS at most 14 days), so no job they name can still be taken."""
@@ -57,7 +59,8 @@ class Cancellations:
     def __init__(self, store: ObjectStore, interval: float = CHECK_S) -> None:
         self.store = store
         self.interval = interval
-        self._ids: set[tuple[str, int]] = set()
+        self._ids: dict[tuple[str, int], float] = {}
+        """Each cancelled (job id, run) and when its cancel was logged."""
         self._newest = ""
         self._read_at = -math.inf
         self._lock = threading.Lock()
@@ -89,8 +92,10 @@ class Cancellations:
                 continue
             if (entry[2], entry[1]) not in self._ids:
                 fresh.add((entry[2], entry[1]))
+                self._ids[entry[2], entry[1]] = entry[0]
             self._newest = max(self._newest, info.key)
-        self._ids |= fresh
+        if len(self._ids) > 1000:  # a long-lived worker forgets what no queue can still hold
+            self._ids = {k: when for k, when in self._ids.items() if when >= old}
         self._read_at = started
         return fresh
 
@@ -120,6 +125,8 @@ def cancel(ctx: Context, job_id: str, reason: str | None = None) -> JobStatus:
     """
     if reason is not None and not isinstance(reason, str):
         raise TypeError(f"reason must be a str or None, got {type(reason).__name__}")
+    if reason is not None:
+        reason = reason.encode("utf-8", "backslashreplace").decode()[:REASON_MAX]
     store = ctx.store
     st = records.status(store, ctx.name, job_id)
     if st.state == "cancelled":  # again: make sure the workers hear of it (a crash may have cut

@@ -401,6 +401,22 @@ def test_cancel_of_unknown_finished_and_cancelled_jobs(backend: BackendSetup) ->
     assert notices(q, 3)[queued] == "cancelled"
 
 
+def test_a_huge_or_unsendable_cancel_reason_is_kept_in_part_and_its_notice_still_goes(
+    backend: BackendSetup,
+) -> None:
+    q = connect(backend)
+    job_id = q.submit({"body": b"x"})
+    reason = "why " * 5000 + "\udc80 lone surrogate"  # 20 KiB, and text SQS refuses as it is
+
+    said = q.cancel(job_id, reason=reason)
+
+    assert said.state == "cancelled" and said.error is not None
+    assert len(said.error) == 16 * 1024 and reason.startswith(said.error)
+    ran: list[str] = []
+    drain(q, lambda job: ran.append(job.id))
+    assert ran == [] and notices(q, 1)[job_id] == "cancelled"
+
+
 # -- progress ------------------------------------------------------------------------------------
 
 
