@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import keys, records
+from . import keys, records, tracing
 from .backends.base import OutgoingMessage
 from .bodies import BodyLike, Entry, Prepared, open_body, parse_entry
 from .context import Context
@@ -55,6 +55,8 @@ class _Job:
     """This submit created the job's ``queued`` record (removed again if it is not sent)."""
     index: int | None = None
     """The job's index among the batch's generated ids (the manifest stands for it)."""
+    meta: Mapping[str, str] | None = None
+    """The job's metadata (a generated id's goes into the manifest)."""
 
 
 def store(ctx: Context, direction: str, entry: Entry) -> tuple[str, Prepared]:
@@ -80,6 +82,7 @@ def check_time_limit(time_limit: float | None) -> float | None:
     return float(time_limit)
 
 
+@tracing.sends
 def submit_many(
     ctx: Context, items: Iterable[Mapping[str, Any]], status: str, time_limit: float | None = None
 ) -> list[str]:
@@ -105,6 +108,7 @@ def submit_many(
     return _send(ctx, name, status, now, jobs, batch_id)
 
 
+@tracing.sends
 def trigger_many(
     ctx: Context, job_keys: Iterable[str], status: str, time_limit: float | None = None
 ) -> list[str]:
@@ -119,8 +123,9 @@ def trigger_many(
                 info = ctx.store.head(keys.input_key(key))
             except NotFound:
                 raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
-            records.create_queued(ctx.store, key, status, now)
-            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata, limit=limit)
+            records.create_queued(ctx.store, key, status, now, info.metadata)
+            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata, limit=limit,
+                                trace=tracing.carrier())
             jobs.append(_Job(key, ctx.seal(encode(envelope)), recorded=True))
     except BaseException:
         _undo(ctx, jobs)
@@ -129,9 +134,11 @@ def trigger_many(
 
 
 def _prepare(ctx: Context, entry: Entry, job: _Job, status: str, now: float, limit: float | None) -> None:
-    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata, limit=limit)
+    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata, limit=limit,
+                        trace=tracing.carrier())
+    job.meta = entry.metadata
     if job.index is None:  # the caller named it: refused before anything is written if taken
-        records.create_queued(ctx.store, job.id, status, now)
+        records.create_queued(ctx.store, job.id, status, now, entry.metadata)
         job.recorded = True
     else:
         data = _small_body(entry.body)
@@ -163,7 +170,8 @@ def _send(
     generated = [job.index for job in jobs if job.index is not None]
     if generated and batch_id is not None:
         try:
-            records.write_manifest(ctx.store, batch_id, len(generated), status, now, if_absent=True)
+            records.write_manifest(ctx.store, batch_id, len(generated), status, now, if_absent=True,
+                                   meta=_generated_meta(jobs))
         except BaseException:
             _undo(ctx, jobs)
             raise
@@ -238,10 +246,15 @@ def _forget(
                 records.delete_manifest(ctx.store, batch_id)
             else:
                 records.write_manifest(ctx.store, batch_id, count, status, now, if_absent=False,
-                                       missing=missing)
+                                       missing=missing, meta=_generated_meta(jobs))
     except RemoteJobError as exc:
         logger.warning("could not update the manifest of the jobs that were not sent: %s", exc)
     _undo(ctx, unsent)
+
+
+def _generated_meta(jobs: list[_Job]) -> list[Mapping[str, str]]:
+    """The metadata of the generated jobs, in the order of their ids."""
+    return [job.meta or {} for job in jobs if job.index is not None]
 
 
 def _undo(ctx: Context, jobs: list[_Job]) -> None:

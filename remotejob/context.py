@@ -17,12 +17,23 @@ from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes
 from .control import Cancellations
 from .envelope import Envelope, decode, wrap_dead
 from .errors import ConfigError, EnvelopeError, UnknownStatus
+from .journal import Journal, JournalingStore
 from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_queue_name
 from .signing import Keyring
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STATUSES = ("pending", "inprogress", "completed")
+
+
+def _journal(store: ObjectStore, journal: bool | float) -> Journal | None:
+    """The journal ``connect(journal=)`` asks for: True (one entry a second at most), False
+    (none), or the least seconds between two entries."""
+    if journal is True or journal is False:
+        return Journal(store) if journal else None
+    if not isinstance(journal, (int, float)) or not 0 < journal < 3600:
+        raise ConfigError(f"journal must be True, False or 0-3600 seconds between entries, got {journal!r}")
+    return Journal(store, interval=float(journal))
 
 
 class Context:
@@ -42,6 +53,7 @@ class Context:
         wait_time: int = 20,
         max_attempts: int = 5,
         signing: Keyring | None = None,
+        journal: bool | float = True,
     ) -> None:
         self.name = validate_queue_name(name)
         if isinstance(statuses, str) or not statuses:
@@ -63,7 +75,12 @@ class Context:
         self.visibility_timeout = visibility_timeout
         self.wait_time = wait_time
         self.max_attempts = max_attempts
-        self.store = store
+        self.object_store = store
+        """The store as given (``store`` is it, wrapped to feed the journal when there is one)."""
+        self.journal = _journal(store, journal)
+        """Which jobs' records this process wrote, appended to the store's journal (see
+        ``journal.py``); None with ``journal=False``."""
+        self.store: ObjectStore = store if self.journal is None else JournalingStore(store, self.journal)
         self.queues = queues
         self.signing = signing
         self.rejected: Counter[str] = Counter()
@@ -71,6 +88,11 @@ class Context:
         """The jobs this process knows to be cancelled (read from the store's cancellation log)."""
         self.lock = threading.Lock()
         self._ensured = False
+
+    def close(self) -> None:
+        """Write the journal's pending entry now."""
+        if self.journal is not None:
+            self.journal.close()
 
     @property
     def dead_letters(self) -> str:

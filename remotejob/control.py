@@ -135,7 +135,7 @@ def cancel(ctx: Context, job_id: str, reason: str | None = None) -> JobStatus:
     if st.done:
         return st
     now = time.time()
-    winner = records.claim_cancel(store, job_id, st.status, st.created, reason, now, st.run)
+    winner = records.claim_cancel(store, job_id, st.status, st.created, reason, now, st.run, st.meta)
     if winner is not None:  # it finished first (maybe still publishing its outputs)
         return records.outcome(job_id, winner)
     _log(store, job_id, st.run)
@@ -179,7 +179,8 @@ def retry(ctx: Context, job_id: str) -> JobStatus:
     records.add_history(store, job_id, final)
     records.reopen(store, job_id)
     records.forget_start(store, job_id, envelope.status)
-    records.write_queued(store, job_id, envelope.status, envelope.sent, time.time(), retry=run)
+    records.write_queued(store, job_id, envelope.status, envelope.sent, time.time(), retry=run,
+                         meta=envelope.meta)
     again = replace(envelope, retry=run)
     ctx.queues.send(ctx.status_queue(envelope.status), ctx.seal(encode(again)))
     logger.info("job %s sent again to %s (run %d)", job_id, envelope.status, run)

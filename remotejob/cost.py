@@ -80,6 +80,8 @@ def probe(queue: Queue, jobs: int = 50, concurrency: int = 8) -> Cost:
     They are submitted in one batch to ``<name>-probe-pending``, run by an in-process worker
     (``concurrency`` handlers), and each is read once with ``status()``; queue creation is not
     counted. The probe's records are removed after; its queues stay, empty, for the next probe.
+    It writes no journal entries (see ``journal.py``: they cost per busy process and second, not
+    per job, and would name the probe's jobs in the real system's journal).
     """
     from .backends.aws import request_counts
     from .queue import Queue
@@ -88,7 +90,7 @@ def probe(queue: Queue, jobs: int = 50, concurrency: int = 8) -> Cost:
     scratch = Queue(
         f"{queue.name}-probe", queue.object_store, queue.message_queue,
         statuses=("pending", "completed"), visibility_timeout=max(queue.visibility_timeout, 30),
-        wait_time=1, max_attempts=queue.max_attempts,
+        wait_time=1, max_attempts=queue.max_attempts, journal=False,
     )
     scratch.init()
     before = request_counts()

@@ -101,12 +101,13 @@ def sweep(ctx: Context) -> int:
     return len(messages) - len(kept)
 
 
-def redrive(ctx: Context, limit: int | None = None) -> int:
+def redrive(ctx: Context, limit: int | None = None, jobs: frozenset[str] | None = None) -> int:
     """Send dead-lettered jobs back to the status queues they came from; return how many.
 
     A job recorded ``failed`` is reopened (its final and progress records are removed) so it can
     run again. Messages that are not jobs of a configured status and jobs already completed or
-    cancelled stay; a second dead letter of a job this redrive sent back is removed.
+    cancelled stay; a second dead letter of a job this redrive sent back is removed. With
+    ``jobs``, every other dead letter stays.
     """
     kept: list[Message] = []
     moved: set[str] = set()
@@ -117,6 +118,9 @@ def redrive(ctx: Context, limit: int | None = None) -> int:
             ctx.queues.delete(ctx.dead_letters, message.receipt)  # a second copy of one sent back
             continue
         if letter.job is None or letter.status not in ctx.statuses:
+            kept.append(message)
+            continue
+        if jobs is not None and letter.job not in jobs:
             kept.append(message)
             continue
         if letter.reason.partition(":")[0] in REFUSED:

@@ -5,8 +5,12 @@ a completion notice (``kind: "notice"``) adds ``"state"`` and, for a failed job,
 A small input travels inline as ``"body"`` (base64) instead of under ``in/<key>``.
 A job may carry a ``"limit"`` (its time limit, seconds) and ``"retry"`` (how often
 ``Queue.retry()`` sent it again). A pipeline stage's job adds ``"input"`` (the store key of the
-previous stage's output it reads) and ``"outputs"`` (the earlier stages' outputs). Decoding is
-bounded and validates every field; anything else raises :class:`EnvelopeError`.
+previous stage's output it reads) and ``"outputs"`` (the earlier stages' outputs). A job sent
+while an OpenTelemetry span was current carries its W3C trace context as ``"trace"``:
+``{"traceparent": ..., "tracestate": ...}`` (inside the signed envelope, not in message
+attributes, so a signature covers it and SQS's ten-attribute limit never bites; see
+``tracing.py``). Decoding is bounded and validates every field; anything else raises
+:class:`EnvelopeError`.
 
 A message moved to the dead-letter queue by remotejob is wrapped with the reason
 (:func:`wrap_dead`); one moved there by a queue's redrive policy arrives as it was.
@@ -30,11 +34,15 @@ KINDS = ("job", "notice")
 _STATES = ("completed", "failed", "cancelled")
 _FIELDS = frozenset({
     "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
-    "sha256", "after", "partial", "limit", "retry",
+    "sha256", "after", "partial", "limit", "retry", "trace",
     "at", "kid", "sig",  # the signature (see signing.py)
 })
 _OUTPUT_FIELDS = {"size": int, "sha256": str, "content_type": str, "stage": str}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}")
+"""W3C trace context: a version-00-shaped ``traceparent`` (no all-zero ids) and a ``tracestate`` of
+at most 512 printable characters (what W3C asks every vendor to pass on)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,9 @@ class Envelope:
     """The job's time limit in seconds (``submit(..., time_limit=)``), or None."""
     retry: int = 0
     """How often ``Queue.retry()`` sent the job again (its earlier runs are in its history)."""
+    trace: dict[str, str] | None = None
+    """The W3C trace context of the span that sent the job (``traceparent``, maybe
+    ``tracestate``), or None; see ``tracing.py``."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -103,6 +114,8 @@ def encode(envelope: Envelope) -> str:
         doc["limit"] = envelope.limit
     if envelope.retry:
         doc["retry"] = envelope.retry
+    if envelope.trace is not None:
+        doc["trace"] = envelope.trace
     return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
@@ -190,6 +203,10 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("field 'limit' must be a positive number of seconds")
     if not isinstance(retry, int) or isinstance(retry, bool) or retry < 0:
         raise EnvelopeError("field 'retry' must be a non-negative integer")
+    trace = doc.get("trace")
+    if trace is not None and not _is_trace(trace):
+        raise EnvelopeError("field 'trace' must be {\"traceparent\": a W3C traceparent, \"tracestate\": "
+                            "at most 512 printable characters (optional)}")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -225,7 +242,18 @@ def decode(body: str) -> Envelope:
         partial=partial,
         limit=None if limit is None else float(limit),
         retry=retry,
+        trace=trace,
     )
+
+
+def _is_trace(trace: Any) -> bool:
+    if not isinstance(trace, dict) or "traceparent" not in trace:
+        return False
+    if set(trace) - {"traceparent", "tracestate"}:
+        return False
+    parent, state = trace["traceparent"], trace.get("tracestate", "")
+    return (isinstance(parent, str) and _TRACEPARENT.fullmatch(parent) is not None
+            and isinstance(state, str) and _TRACESTATE.fullmatch(state) is not None)
 
 
 @dataclass(frozen=True)

@@ -145,12 +145,17 @@ class Job:
             NotFound: the input was removed.
         """
         inline = self.delivery.envelope.inline_body()
-        return io.BytesIO(inline) if inline is not None else self._stored_input().open()
+        if inline is not None:
+            self.delivery.input_size = len(inline)
+            return io.BytesIO(inline)
+        return self._stored_input().open()
 
     def _stored_input(self) -> StoredObject:
         """The input in the store, checked against its recorded SHA-256 however it is read."""
         key = self._store_key()
-        return self.delivery.ctx.store.get(key).checked(self._input_sha256(), f"input {key!r}")
+        stored = self.delivery.ctx.store.get(key).checked(self._input_sha256(), f"input {key!r}")
+        self.delivery.input_size = stored.size  # the records say how big the input was
+        return stored
 
     def _input_sha256(self) -> str | None:
         envelope = self.delivery.envelope

@@ -16,6 +16,9 @@ One job system keeps everything in one bucket/prefix (or folder)::
     batches/<batch-id>           one submit's manifest: its generated job ids are
                                  ``<batch-id>-<n>`` for n below its job count (see ``batch.py``)
     cancels/<stamp>-<job-id>     the cancellation log workers read (see ``control.py``)
+    journal/<stamp>              which jobs and batches a process wrote records of, about once
+                                 a second while it writes any (see ``journal.py``): a dashboard's
+                                 index reads it instead of listing ``jobs/``
 
 Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
 published outputs. Where a job id is one segment of a longer key, ``%`` and ``/`` in it are
@@ -37,6 +40,7 @@ DIRECTIONS = {"in": "in", "input": "in", "out": "out", "output": "out"}
 DEAD = "dead"
 RECORDS = ("queued", "progress", "final", "history")
 CANCELS = "cancels/"
+JOURNAL = "journal/"
 
 
 def direction(name: str) -> str:
@@ -130,6 +134,27 @@ def parse_cancel_log(key: str) -> tuple[float, int, str] | None:
     if dash != "-" or not dash2 or not segment:
         return None
     return millis / 1000, number, job_from_segment(segment)
+
+
+_JOURNAL_STAMP = re.compile(r"[0-9a-f]{16}")
+
+
+def journal_key(when: float) -> str:
+    """A journal entry's key, ``journal/<ms><random>``: 12 hex digits of milliseconds (so keys
+    sort by time) and 4 random ones (so two processes writing in the same millisecond differ)."""
+    return f"{JOURNAL}{int(max(0.0, when) * 1000):012x}{secrets.token_hex(2)}"
+
+
+def journal_start(when: float) -> str:
+    """A key that sorts before every journal entry written at ``when`` or later (for
+    ``list(start_after=)``)."""
+    return f"{JOURNAL}{int(max(0.0, when) * 1000):012x}"
+
+
+def parse_journal(key: str) -> float | None:
+    """When a journal entry was written, from its key; None for any other key."""
+    stamp = key[len(JOURNAL):] if key.startswith(JOURNAL) else ""
+    return int(stamp[:12], 16) / 1000 if _JOURNAL_STAMP.fullmatch(stamp) else None
 
 
 def staging_key(job_id: str, status: str, attempt_id: str, asset: str) -> str:

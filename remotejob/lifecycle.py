@@ -31,12 +31,13 @@ import logging
 import math
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import keys, records, signing
+from . import keys, records, signing, tracing
 from .backends.base import Message
 from .bodies import Entry, open_body
 from .context import Context
@@ -45,6 +46,9 @@ from .errors import AlreadyExists, EnvelopeError, InvalidReceipt, NotFound
 from .limits import MAX_MESSAGE_BYTES
 from .outbox import Finished, Outbox
 from .status import JobStatus, error_text, worker_id
+
+if TYPE_CHECKING:
+    from .metrics import Observer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ ERROR_MAX = 16 * 1024
 NOTICE_ERROR_MAX = 4 * 1024
 NOTICE_MAX = 64 * 1024
 """Bytes a completion notice may take; past it, it leaves its outputs to the record (``partial``)."""
+TRACEBACK_MAX = 16 * 1024
+"""Bytes of a failed attempt's traceback kept in its record (the last ones)."""
 MESSAGE_ROOM = MAX_MESSAGE_BYTES - 16 * 1024
 """Bytes a hand-on message may take: room is left to wrap it for the dead-letter queue."""
 
@@ -93,6 +99,10 @@ class Delivery:
     """When (monotonic) the stop was first requested."""
     default_limit: float | None = None
     """The worker's time limit for jobs submitted without one."""
+    observer: Observer | None = None
+    """Who counts outcomes (the worker's metrics), if anyone."""
+    input_size: int | None = None
+    """Bytes of the job's input, once its handler opened it (or inline in the message)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -110,6 +120,13 @@ class Delivery:
     @property
     def created(self) -> float:
         return self.envelope.sent
+
+    @property
+    def known_input_size(self) -> int | None:
+        """Bytes of the job's input: as read, or as the message carries it; None if not known."""
+        if self.input_size is None and self.envelope.body is not None:
+            self.input_size = len(self.envelope.inline_body() or b"")
+        return self.input_size
 
     @property
     def queue(self) -> str:
@@ -148,6 +165,8 @@ def begin(d: Delivery) -> bool:
             or (cancelled := ctx.cancellations.cancelled(d.id, d.envelope.retry))) and finish_if_done(d):
         if cancelled:
             logger.info("job %s was cancelled; dropped its delivery without running it", d.id)
+            if d.observer is not None:
+                d.observer.outcome(d.status, "cancelled")
             return False
         if d.receive_count == 1:
             ctx.count_rejected("replayed")
@@ -164,7 +183,8 @@ def record_progress(d: Delivery) -> None:
     with d.lock:
         if not d.finished and not d.released and (not d.progress_recorded or d.progress_dirty):
             records.write_progress(d.ctx.store, d.id, d.status, d.created, d.started, d.worker,
-                                   d.receive_count, d.progress, d.envelope.retry)
+                                   d.receive_count, d.progress, d.envelope.retry, d.envelope.meta,
+                                   d.known_input_size)
             d.progress_recorded = True
             d.progress_dirty = False
             d.progress_written = time.monotonic()
@@ -213,6 +233,7 @@ def request_stop(d: Delivery, reason: str) -> bool:
 # -- the outcome ---------------------------------------------------------------------------------
 
 
+@tracing.settles
 def finish(
     d: Delivery,
     error: BaseException | str | None,
@@ -247,8 +268,14 @@ def finish(
         record["progress"] = d.progress
     if d.envelope.retry:
         record["retry"] = d.envelope.retry
+    if d.envelope.meta:
+        record["meta"] = d.envelope.meta
+    if d.known_input_size is not None:
+        record["input_size"] = d.input_size
     if error is not None:  # so that retry() can send it again
         record["envelope"] = d.message.body
+    if isinstance(error, BaseException) and error.__traceback__ is not None:
+        record["traceback"] = traceback_text(error)
     if next_status is not None:
         source = d.envelope.input if next_input is None else keys.output_key(d.id, next_input)
         record.update(state="handed", next=next_status, input=source)
@@ -266,9 +293,22 @@ def finish(
         )
     record = _publish(d, key, record, sweep=d.receive_count > 1, check=False)
     _consequences(d, record)
+    if d.observer is not None:
+        d.observer.outcome(d.status, "failed" if record.get("state") == "failed" else "succeeded")
     if record.get("next") is not None:
         return JobStatus(d.id, "pending", str(record["next"]), d.created, now)
     return records.decode_status(d.id, records.encode(record))
+
+
+def traceback_text(error: BaseException) -> str:
+    """An exception's formatted traceback as a record keeps it: its last :data:`TRACEBACK_MAX`
+    bytes (the innermost frames and the error), saying so when the start was cut."""
+    text = "".join(traceback.format_exception(error)).encode("utf-8", "backslashreplace")
+    if len(text) <= TRACEBACK_MAX:
+        return text.decode("utf-8")
+    cut = len(text) - TRACEBACK_MAX
+    tail = text[cut:].decode("utf-8", "ignore")
+    return f"[the first {cut} bytes of this traceback were cut]\n{tail}"
 
 
 def finish_if_done(d: Delivery) -> bool:
@@ -448,19 +488,25 @@ def _consequences(d: Delivery, record: Mapping[str, Any]) -> None:
 
 def hand_on(ctx: Context, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
     """Send the job on to the stage ``status``: the same record always makes the same message."""
-    records.write_queued(ctx.store, envelope.job, status, float(record["created"]), float(record["updated"]))
-    ctx.queues.send(ctx.status_queue(status), ctx.seal(encode(next_stage(envelope, status, record))))
+    records.write_queued(ctx.store, envelope.job, status, float(record["created"]), float(record["updated"]),
+                         meta=envelope.meta)
+    queue = ctx.status_queue(status)
+    with tracing.send(ctx, queue, envelope.job):  # the next stage's process span is its child
+        ctx.queues.send(queue, ctx.seal(encode(next_stage(envelope, status, record, tracing.carrier()))))
 
 
-def next_stage(envelope: Envelope, status: str, record: Mapping[str, Any]) -> Envelope:
-    """The envelope that hands a job on to ``status`` after the stage that wrote ``record``."""
+def next_stage(
+    envelope: Envelope, status: str, record: Mapping[str, Any], trace: dict[str, str] | None = None
+) -> Envelope:
+    """The envelope that hands a job on to ``status`` after the stage that wrote ``record``
+    (``trace``: the trace context of the span that sends it)."""
     source = record.get("input")
     outputs = public_outputs(record.get("outputs") or {})
     handed = Envelope(
         job=envelope.job, key=envelope.key, status=status, sent=float(record["created"]),
         meta=envelope.meta, input=None if source is None else str(source), outputs=outputs,
         body=envelope.body if source is None else None, after=str(record["status"]),
-        limit=envelope.limit, retry=envelope.retry,
+        limit=envelope.limit, retry=envelope.retry, trace=trace,
     )
     if len(encode(handed).encode("utf-8")) <= MESSAGE_ROOM:
         return handed
@@ -536,7 +582,8 @@ def reopen(ctx: Context, job_id: str, status: str, body: str) -> None:
     progress are removed and its stage may be started by the new message."""
     records.reopen(ctx.store, job_id)
     records.forget_start(ctx.store, job_id, status)
-    records.write_queued(ctx.store, job_id, status, decode(body).sent, time.time())
+    sent = decode(body)
+    records.write_queued(ctx.store, job_id, status, sent.sent, time.time(), meta=sent.meta)
     ctx.queues.send(ctx.status_queue(status), ctx.seal(signing.strip(body)))
 
 
@@ -582,6 +629,8 @@ def settle_dead_letter(ctx: Context, message: Message) -> tuple[str, str] | None
               "published": True, "dead": reason, "envelope": letter.body}
     if envelope.retry:
         record["retry"] = envelope.retry
+    if envelope.meta:
+        record["meta"] = envelope.meta
     winner = records.claim(store, keys.record_key(envelope.job, "final"), record)
     if winner is not None:
         return source, str(winner.get("dead") or winner.get("error") or reason)

@@ -14,6 +14,7 @@ actually calls, no more:
   cancelled job it writes ``history`` and ``retry-<n>`` records and removes the job's ``final``,
   ``progress`` and ``start-*`` records (S3 cannot tell a failed record from a completed one, so
   drop the ``RetryJobs`` and ``ReopenRetriedJobs`` statements where only admins may retry).
+  It appends to the journal (``journal/``: which jobs it wrote records of, for dashboards).
 - **worker** (``remotejob worker``, :class:`~remotejob.Worker`): takes, extends, releases and
   deletes messages of the status queues and sends to them (the next pipeline stage, completion
   notices); sends to the dead-letter queue, and (while idle) receives from it to settle jobs the
@@ -21,8 +22,14 @@ actually calls, no more:
   inputs, manifests, records
   and outputs; writes only under ``jobs/`` (records, staged assets) and ``out/`` (published
   assets, copied from staging); deletes only staged assets and progress records; lists the
-  cancellation log (``cancels/``) and removes its entries older than 15 days. It cannot
-  purge or delete queues, change their attributes, or write inputs.
+  cancellation log (``cancels/``) and removes its entries older than 15 days; appends to the
+  journal (``journal/``) and removes its entries older than a day. It cannot purge or delete
+  queues, change their attributes, or write inputs.
+- **dashboard** (``remotejob ui``): reads and lists records, manifests, the journal (and prunes
+  it), inputs' sizes and outputs (downloads); reads the queues' depths; lists the dead-letter
+  queue (settling jobs the queue dead-lettered by itself, as a listing does). The statements
+  whose ``Sid`` starts with ``Act`` are what its actions need: cancel, retry, redrive and purge
+  (the status and dead-letter queues); drop them for a ``--read-only`` dashboard.
 - **admin** (``init``, ``doctor``, ``stats``, ``dead``, ``purge``): everything under the prefix
   and on the queues (including ``<name>-probe-*`` for ``stats --probe``), and the bucket's
   settings: creation, public access block, default encryption.
@@ -53,7 +60,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .queue import Queue
 
-ROLES = ("submitter", "worker", "admin")
+ROLES = ("submitter", "worker", "admin", "dashboard")
 NOTICES = "completed"
 """The status whose queue carries completion notices (see ``Queue._notice``)."""
 
@@ -161,9 +168,11 @@ def policy(role: str, where: Scope) -> dict[str, Any]:
         raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     statements: list[dict[str, Any]] = []
     if where.bucket is not None:
-        statements += {"submitter": _submitter_s3, "worker": _worker_s3, "admin": _admin_s3}[role](where)
+        statements += {"submitter": _submitter_s3, "worker": _worker_s3, "admin": _admin_s3,
+                       "dashboard": _dashboard_s3}[role](where)
     if where.sqs:
-        statements += {"submitter": _submitter_sqs, "worker": _worker_sqs, "admin": _admin_sqs}[role](where)
+        statements += {"submitter": _submitter_sqs, "worker": _worker_sqs, "admin": _admin_sqs,
+                       "dashboard": _dashboard_sqs}[role](where)
     statements += _kms(role, where)
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -200,6 +209,7 @@ def _submitter_s3(where: Scope) -> list[dict[str, Any]]:
         _allow("RetryJobs", ["s3:PutObject"], where.objects("jobs/*/history")),
         _allow("ReopenRetriedJobs", ["s3:DeleteObject"],
                where.objects("jobs/*/final", "jobs/*/progress", "jobs/*/start-*")),
+        _allow("AppendJournal", ["s3:PutObject"], where.objects("journal/*")),
     ]
 
 
@@ -212,8 +222,34 @@ def _worker_s3(where: Scope) -> list[dict[str, Any]]:
         _allow("ClearStagingAndProgress", ["s3:DeleteObject"],
                where.objects("jobs/*/attempts/*", "jobs/*/progress")),
         _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
-        _list(where, "jobs/*", "cancels/*"),
+        _list(where, "jobs/*", "cancels/*", "journal/*"),
         _allow("PruneCancelLog", ["s3:DeleteObject"], where.objects("cancels/*")),
+        _allow("AppendJournal", ["s3:PutObject"], where.objects("journal/*")),
+        _allow("PruneJournal", ["s3:DeleteObject"], where.objects("journal/*")),
+    ]
+
+
+def _dashboard_s3(where: Scope) -> list[dict[str, Any]]:
+    return [
+        _allow("ReadJobs", ["s3:GetObject"],
+               where.objects("in/*", "batches/*", "jobs/*", "out/*", "journal/*")),
+        _list(where, "jobs/*", "batches/*", "journal/*"),
+        # What it writes is journaled like any writer's; it prunes the journal like workers do.
+        _allow("AppendJournal", ["s3:PutObject"], where.objects("journal/*")),
+        _allow("PruneJournal", ["s3:DeleteObject"], where.objects("journal/*")),
+        # Listing the dead letters settles jobs the queue dead-lettered by itself: their outcome
+        # is created only where there is none (If-None-Match: *), their progress removed.
+        _allow("SettleDeadLetters", ["s3:PutObject"], where.objects("jobs/*/final"),
+               {"Null": {"s3:if-none-match": "false"}}),
+        _allow("ClearSettledProgress", ["s3:DeleteObject"], where.objects("jobs/*/progress")),
+        # Cancel (the final record, as above, and the log); retry claims its run create-once.
+        _allow("ActClaimRetries", ["s3:PutObject"], where.objects("jobs/*/final", "jobs/*/retry-*"),
+               {"Null": {"s3:if-none-match": "false"}}),
+        _allow("ActLogCancels", ["s3:PutObject"], where.objects("cancels/*")),
+        # Retry and redrive: the history, the queued record, and reopening the job.
+        _allow("ActRequeueJobs", ["s3:PutObject"], where.objects("jobs/*/history", "jobs/*/queued")),
+        _allow("ActReopenJobs", ["s3:DeleteObject"],
+               where.objects("jobs/*/final", "jobs/*/progress", "jobs/*/start-*")),
     ]
 
 
@@ -264,6 +300,23 @@ def _worker_sqs(where: Scope) -> list[dict[str, Any]]:
         # give back, replace with a wrapped copy).
         _allow("DeadLetterJobs", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND],
                where.queues(_dead(where))),
+    ]
+
+
+def _dashboard_sqs(where: Scope) -> list[dict[str, Any]]:
+    every = where.queues(*where.status_queues(), _dead(where))
+    return [
+        _allow("LookUpQueues", ["sqs:GetQueueUrl"], every),
+        _allow("ReadQueueDepths", ["sqs:GetQueueAttributes"], every),
+        # A listing receives the dead letters and gives them back, replacing a job the queue
+        # dead-lettered by itself with a copy wrapped with the reason (and notifying of it).
+        _allow("ListDeadLetters", ["sqs:ReceiveMessage", _VISIBILITY, _DELETE, _SEND],
+               where.queues(_dead(where))),
+        *([_allow("NotifySettled", [_SEND], where.queues(keys.queue_name(where.name, NOTICES)))]
+          if NOTICES in where.statuses else []),
+        # Retry and redrive send jobs back to their status queues.
+        _allow("ActSendJobs", [_SEND], where.queues(*where.status_queues())),
+        _allow("ActPurgeQueues", ["sqs:PurgeQueue"], every),
     ]
 
 

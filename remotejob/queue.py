@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import batch, config, control, dead, keys, lifecycle, records
@@ -48,10 +48,11 @@ class Queue:
         wait_time: int = 20,
         max_attempts: int = 5,
         signing: Keyring | None = None,
+        journal: bool | float = True,
     ) -> None:
         self.context = Context(
             name, object_store, message_queue, statuses, visibility_timeout, wait_time, max_attempts,
-            signing if signing is not None else Keyring.from_environment(),
+            signing if signing is not None else Keyring.from_environment(), journal=journal,
         )
         """The job system's settings and connections, as the worker and the lifecycle use them."""
 
@@ -82,8 +83,8 @@ class Queue:
 
     @property
     def object_store(self) -> ObjectStore:
-        """Where inputs, outputs and records live."""
-        return self.context.store
+        """Where inputs, outputs and records live (as given: writes through it are not journaled)."""
+        return self.context.object_store
 
     @property
     def message_queue(self) -> MessageQueue:
@@ -101,6 +102,17 @@ class Queue:
         ``bad-signature``, ``unknown-key``, ``stale``, ``from-the-future``, ``undecodable``,
         ``replayed``, ...)."""
         return self.context.rejected
+
+    def close(self) -> None:
+        """Write this process's pending journal entry now (see ``connect(journal=)``); the queue
+        stays usable. Also on leaving a ``with`` block, and at interpreter exit."""
+        self.context.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def queue_name(self, status: str) -> str:
         """The message queue of a configured status, ``<name>-<status>`` (created on first use).
@@ -313,13 +325,29 @@ class Queue:
         """
         return dead.list_dead(self.context, limit)
 
-    def redrive(self, limit: int | None = None) -> int:
+    def redrive(self, limit: int | None = None, *, jobs: Collection[str] | None = None) -> int:
         """Send dead-lettered jobs back to their status queues; return how many were sent.
 
         A job recorded ``failed`` is reopened so a (fixed) worker can run it again; messages
-        that are not jobs of a configured status stay in the dead-letter queue.
+        that are not jobs of a configured status stay in the dead-letter queue. With ``jobs``,
+        only the dead letters of those job ids are sent back.
         """
-        return dead.redrive(self.context, limit)
+        return dead.redrive(self.context, limit, None if jobs is None else frozenset(jobs))
+
+    def purge(self, status: str) -> None:
+        """Delete every message waiting in a status queue, or in the dead-letter queue
+        (``"dead"``). Jobs keep their status records; their messages are gone, so a pending
+        job of a purged queue never runs (``retry()`` can send a failed or cancelled one again).
+
+        Raises:
+            UnknownStatus: no such status queue.
+        """
+        if status == keys.DEAD:
+            self.context.ensure_queues()
+            queue = self.context.dead_letters
+        else:
+            queue = self.context.status_queue(status)
+        self.context.queues.purge(queue)
 
     def work(
         self,
@@ -398,6 +426,7 @@ def connect(
     endpoint_url: str | None = None,
     sse: str | None = None,
     kms_key_id: str | None = None,
+    journal: bool | float = True,
 ) -> Queue:
     """Connect to (and lazily create) the job system ``name``.
 
@@ -420,6 +449,11 @@ def connect(
             ``"aws:kms"``. Ignored by the embedded backend and by store/queue objects.
         kms_key_id: the KMS key for ``"aws:kms"`` (id, ARN or ``alias/NAME``); default
             ``$REMOTEJOB_KMS_KEY_ID``, else the AWS-managed keys.
+        journal: append which jobs this process wrote records of to the store's journal
+            (``journal/``), at most one small object per second while it writes any, so that a
+            dashboard (``remotejob ui``) finds changed jobs without listing them all; a number
+            is the least seconds between two entries instead of 1. False writes none (a
+            dashboard then rescans the records).
 
     Raises:
         ConfigError: an invalid name, location or option.
@@ -435,4 +469,5 @@ def connect(
         visibility_timeout=visibility_timeout,
         wait_time=wait_time,
         max_attempts=max_attempts,
+        journal=journal,
     )

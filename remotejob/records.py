@@ -18,6 +18,12 @@ code that reads or writes them.
 - ``batches/<batch-id>``: one submit's manifest, standing for its generated ids'
   ``queued`` records.
 
+So that a job list and a job page need no request beyond these records, ``queued``, ``progress``
+and ``final`` carry the job's metadata (``meta``; a manifest carries its jobs'), ``progress`` and
+``final`` the size of the input the worker read (``input_size``), and the ``final`` record of an
+attempt whose handler raised its formatted traceback (``traceback``, the last 16 KiB). Every
+write of these records is also noted in the journal (see ``journal.py``).
+
 :func:`status` reads ``final`` first, so a finished job never looks unfinished; then whichever of
 ``progress`` and ``queued`` was written last.
 """
@@ -73,13 +79,19 @@ def _put(store: ObjectStore, key: str, doc: Mapping[str, Any]) -> None:
             time.sleep(0.05 * 2**attempt)
 
 
-def create_queued(store: ObjectStore, job_id: str, status: str, now: float) -> None:
-    """Create the ``queued`` record of a job whose caller chose its id, once.
+def create_queued(
+    store: ObjectStore, job_id: str, status: str, now: float, meta: Mapping[str, str] | None = None
+) -> None:
+    """Create the ``queued`` record of a job whose caller chose its id, once (with the job's
+    metadata, so that a job list can show and filter it without reading the input).
 
     Raises:
         AlreadyExists: the job id was submitted or triggered before (a job id runs once).
     """
-    record = {"job": job_id, "state": "pending", "status": status, "created": now, "updated": now}
+    record: dict[str, Any] = {"job": job_id, "state": "pending", "status": status, "created": now,
+                              "updated": now}
+    if meta:
+        record["meta"] = dict(meta)
     if claim(store, keys.record_key(job_id, "queued"), record, owner="created") is None:
         return
     raise AlreadyExists(
@@ -94,7 +106,8 @@ def forget_queued(store: ObjectStore, job_id: str) -> None:
 
 
 def write_queued(
-    store: ObjectStore, job_id: str, status: str, created: float, updated: float, retry: int = 0
+    store: ObjectStore, job_id: str, status: str, created: float, updated: float, retry: int = 0,
+    meta: Mapping[str, str] | None = None,
 ) -> None:
     """Say the job waits in ``status`` (a hand-on, a redrive or a retry); the same arguments
     write the same bytes, so a repeated hand-on changes nothing."""
@@ -102,11 +115,14 @@ def write_queued(
                            "updated": updated}
     if retry:
         doc["retry"] = retry
+    if meta:
+        doc["meta"] = dict(meta)
     _put(store, keys.record_key(job_id, "queued"), doc)
 
 
 def claim_cancel(
-    store: ObjectStore, job_id: str, status: str, created: float, reason: str | None, now: float, run: int
+    store: ObjectStore, job_id: str, status: str, created: float, reason: str | None, now: float, run: int,
+    meta: Mapping[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """Create the job's ``final`` record as ``cancelled``; None if this cancel won, else the
     outcome that stands (the job finished, or was cancelled, first)."""
@@ -116,6 +132,8 @@ def claim_cancel(
     }
     if run:
         record["retry"] = run
+    if meta:
+        record["meta"] = dict(meta)
     return claim(store, keys.record_key(job_id, "final"), record)
 
 
@@ -148,10 +166,11 @@ def add_history(store: ObjectStore, job_id: str, record: Mapping[str, Any]) -> N
 
 def write_progress(
     store: ObjectStore, job_id: str, status: str, created: float, started: float, worker: str, attempt: int,
-    progress: Mapping[str, Any] | None = None, retry: int = 0,
+    progress: Mapping[str, Any] | None = None, retry: int = 0, meta: Mapping[str, str] | None = None,
+    input_size: int | None = None,
 ) -> None:
-    """Record a running attempt of a job: where it runs, which delivery, since when, and how far
-    its handler says it has got."""
+    """Record a running attempt of a job: where it runs, which delivery, since when, how far
+    its handler says it has got, and the job's metadata and input size (when known)."""
     doc: dict[str, Any] = {
         "job": job_id,
         "state": "inprogress",
@@ -166,6 +185,10 @@ def write_progress(
         doc["progress"] = dict(progress)
     if retry:
         doc["retry"] = retry
+    if meta:
+        doc["meta"] = dict(meta)
+    if input_size is not None:
+        doc["input_size"] = input_size
     _put(store, keys.record_key(job_id, "progress"), doc)
 
 
@@ -234,16 +257,29 @@ def forget_start(store: ObjectStore, job_id: str, status: str) -> None:
     store.delete(keys.start_key(job_id, status))
 
 
+MANIFEST_META_MAX = 256 * 1024
+"""Bytes of metadata a manifest carries for its jobs at most (beyond, the jobs' metadata shows
+once a worker has recorded them)."""
+
+
 def write_manifest(
     store: ObjectStore, batch_id: str, count: int, status: str, now: float, *, if_absent: bool,
-    missing: Sequence[int] = (),
+    missing: Sequence[int] = (), meta: Sequence[Mapping[str, str]] = (),
 ) -> None:
     """Write the manifest of a submitted batch: its first ``count`` generated ids are jobs, but
-    for the ``missing`` ones (not sent)."""
+    for the ``missing`` ones (not sent); ``meta`` is each generated job's metadata, in order
+    (kept once when all jobs share it)."""
     doc: dict[str, Any] = {"v": 1, "batch": batch_id, "jobs": count, "state": "pending",
                            "status": status, "created": now, "updated": now}
     if missing:
         doc["missing"] = sorted(missing)
+    if any(meta):
+        if all(m == meta[0] for m in meta):
+            doc["meta"] = dict(meta[0])
+        else:
+            each = [dict(m) for m in meta]
+            if len(json.dumps(each)) <= MANIFEST_META_MAX:
+                doc["metas"] = each
     body = json.dumps(doc, separators=(",", ":")).encode()
     store.put(keys.batch_key(batch_id), body, content_type=_JSON, if_absent=if_absent)
 
@@ -322,6 +358,10 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             state = "inprogress"  # the outcome is settled; its outputs are being published
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
+        meta = doc.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a mapping")
+        size = doc.get("input_size")
         return JobStatus(
             id=job_id,
             state=state,
@@ -336,6 +376,9 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             started=doc.get("started"),
             progress=progress,
             run=int(doc.get("retry") or 0),
+            meta={str(k): str(v) for k, v in meta.items()},
+            traceback=None if doc.get("traceback") is None else str(doc["traceback"]),
+            input_size=None if size is None else int(size),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc
@@ -360,6 +403,9 @@ def decode_manifest(job_id: str, index: int, raw: bytes) -> JobStatus | None:
         raise RemoteJobError(f"batch manifest of job {job_id!r} is corrupt: {exc}") from exc
     if not isinstance(count, int) or index >= count or index in missing:
         return None
+    each = doc.get("metas")
+    if isinstance(each, list) and index < len(each):  # this job's own metadata
+        raw = json.dumps({**doc, "meta": each[index], "metas": None}).encode()
     return decode_status(job_id, raw)
 
 

@@ -87,6 +87,13 @@ class JobStatus:
     """Earlier runs of the job, oldest first, when it was retried with ``Queue.retry()``."""
     run: int = 0
     """How often ``Queue.retry()`` sent the job again (0: its first run)."""
+    meta: dict[str, str] = field(default_factory=dict)
+    """The job's metadata, as submitted (its input's, for a triggered job)."""
+    traceback: str | None = None
+    """For a job whose handler raised: the formatted traceback of its last attempt (the last
+    16 KiB of it), or None."""
+    input_size: int | None = None
+    """Bytes of input the worker read (known once a worker opened it), or None."""
 
     @property
     def done(self) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import dead, lifecycle, records
+from . import dead, journal, lifecycle, records, tracing
 from .backends.base import Message
 from .batch import check_time_limit
 from .errors import AlreadyExists, Cancelled, ConfigError, RemoteJobError, TimeLimitExceeded
@@ -34,6 +34,7 @@ from .status import error_text
 from .watch import Watch
 
 if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
     from .queue import Queue
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,10 @@ GATHER_S = 0.05
 """How long the receiver, with jobs still running, waits for room to take ten messages at once."""
 _ERROR_PAUSE_S = 5.0
 """How long the worker waits after the queue could not be reached before it tries again."""
+PRUNE_EVERY_S = 3600.0
+"""How often a worker removes old journal entries (one LIST when there are none)."""
+PRUNE_BATCH = 500
+"""Journal entries one prune removes at most; with more left, the next prune comes in a minute."""
 
 
 class Worker:
@@ -90,6 +95,11 @@ class Worker:
         cancel_check: while holding jobs, read the store's cancellation log this often (seconds;
             one LIST each time), or once per heartbeat interval (a third of the visibility
             timeout, at least 1 s) if that is shorter: a cancel reaches running jobs within it.
+        metrics_port: serve Prometheus metrics at ``http://METRICS_HOST:PORT/metrics`` (0: a
+            free port, see ``worker.metrics.port``) from now until ``worker.metrics.close()``
+            or the process ends; needs ``pip install 'remotejob[metrics]'``. The metrics are
+            listed in ``remotejob.metrics``. None (the default): no metrics, no cost.
+        metrics_host: the address to serve them on.
 
     Raises:
         UnknownStatus: the status is not configured.
@@ -113,6 +123,8 @@ class Worker:
         time_limit: float | None = None,
         cancel_grace: float = 10.0,
         cancel_check: float = 5.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
@@ -163,6 +175,7 @@ class Worker:
         self._receiving = False
         self._retry_until = 0.0
         self._swept = time.monotonic()
+        self._prune_due = -math.inf
         self._heartbeat = Heartbeat(self.ctx, queue.visibility_timeout)
         self.cancel_grace = cancel_grace
         cancellations = self.ctx.cancellations  # at least once per heartbeat interval, too
@@ -173,6 +186,16 @@ class Worker:
         self._pool: HandlerPool[Job] = HandlerPool(0, self._execute, "remotejob-handler")
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
+        self.metrics: WorkerMetrics | None = None
+        """This worker's Prometheus metrics (``metrics_port``), else None."""
+        if metrics_port is not None:
+            from .metrics import WorkerMetrics
+
+            if type(metrics_port) is not int or not 0 <= metrics_port < 65536:
+                raise ConfigError(f"metrics_port must be a port number (0: a free one), got {metrics_port!r}")
+
+            self.metrics = WorkerMetrics(self.ctx, (status,))
+            self.metrics.serve(metrics_port, metrics_host)
 
     # -- control ---------------------------------------------------------------------------
 
@@ -223,6 +246,8 @@ class Worker:
         finally:
             pool.shutdown(wait=self._stop_level == 0 and not self.interrupted)
             self._outbox.close()  # first: finished jobs stay held until their messages are deleted
+            if self.ctx.journal is not None:  # what this run wrote is in the journal once it returns
+                self.ctx.journal.flush()
             self._watch.stop()
             self._heartbeat.stop()
             self._restore_signals(previous)
@@ -293,6 +318,7 @@ class Worker:
     def _receive_loop(self, pool: HandlerPool[Job]) -> None:
         try:
             while not self._stop_level:
+                self._prune_journal()
                 free = self._room()
                 if self._stop_level or free <= 0:
                     break
@@ -338,6 +364,17 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - a look at the dead letters must not stop the worker
             logger.warning("could not look into the dead-letter queue: %s", exc)
 
+    def _prune_journal(self) -> None:
+        """At start, then at most once an hour: remove journal entries older than a day."""
+        if time.monotonic() < self._prune_due:
+            return
+        self._prune_due = time.monotonic() + PRUNE_EVERY_S
+        try:
+            if journal.prune(self.ctx.object_store, limit=PRUNE_BATCH) >= PRUNE_BATCH:
+                self._prune_due = time.monotonic() + 60
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the worker
+            logger.warning("could not prune the job journal: %s", exc)
+
     def _let_go_of(self, owner: object) -> None:
         if isinstance(owner, Job):
             self._heartbeat.release(owner)
@@ -363,8 +400,11 @@ class Worker:
     def _dispatch(self, message: Message, pool: HandlerPool[Job]) -> None:
         envelope = self.ctx.open(self.queue_name, message)
         if envelope is None:
+            if self.metrics is not None:
+                self.metrics.outcome(self.status, "dead_lettered")  # refused: see Context.open
             return
-        delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit)
+        delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit,
+                            observer=self.metrics)
         job = Job(delivery)
         delivery.owner = job
         if envelope.kind != "job":
@@ -374,6 +414,8 @@ class Worker:
         with self._cond:
             self.taken += 1
             self._running[job] = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.taken(self.status)
         self._heartbeat.hold(job)  # from now: it may wait for a handler (prefetch)
         self._watch.hold(job)
         pool.submit(job)
@@ -390,7 +432,8 @@ class Worker:
             if not lifecycle.begin(job.delivery):
                 return
             self._watch.started(job)
-            self._run_handler(job)
+            with tracing.process(job.delivery):
+                self._run_handler(job)
         except AlreadyExists:
             logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
         except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
@@ -407,7 +450,11 @@ class Worker:
 
     def _run_handler(self, job: Job) -> None:
         try:
-            assets = self.handler(job)
+            if self.metrics is None:
+                assets = self.handler(job)
+            else:
+                with self.metrics.handling(self.status):
+                    assets = self.handler(job)
             if not self._settle(job):
                 logger.warning("job %s finished after it was let go of; its result is discarded", job.id)
             elif job.delivery.stop_reason is not None and not job.finished:
@@ -417,6 +464,7 @@ class Worker:
         except AlreadyExists:
             raise
         except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
+            tracing.record_error(exc)
             if not self._settle(job):
                 logger.warning("job %s: its handler ended (%s) after it was let go of; discarded", job.id,
                                error_text(exc))
@@ -443,6 +491,8 @@ class Worker:
         if job.delivery.stop_reason == "cancelled":
             if lifecycle.finish_if_done(job.delivery):
                 logger.info("job %s stopped: it was cancelled", job.id)
+                if self.metrics is not None:
+                    self.metrics.outcome(self.status, "cancelled")
                 return
             # its outcome record is gone (a retry reopened the job): this attempt goes back
             exc = Cancelled(f"job {job.id!r} was cancelled, then its outcome was removed (a retry)")
@@ -475,6 +525,8 @@ class Worker:
                            attempts, error_text(exc))
             reason = f"failed {job.receive_count} attempts; last error: {error_text(exc)}"
             lifecycle.finish(job.delivery, exc, (), dead_reason=reason[:1000])
+            if self.metrics is not None:
+                self.metrics.outcome(self.status, "dead_lettered")
             return
         delay = self._backoff(job.receive_count)
         logger.warning("job %s failed attempt %d of %d (%s); retrying in %d s", job.id, job.receive_count,
@@ -484,6 +536,8 @@ class Worker:
             self._retry_until = max(self._retry_until, time.time() + delay + (1 if delay else 0))
         self._heartbeat.release(job)  # first: a beat in flight must not undo the backoff
         job.release(delay)
+        if self.metrics is not None:
+            self.metrics.outcome(self.status, "retried")
 
     def _backoff(self, attempt: int) -> int:
         """Exponential backoff with jitter: half to all of ``retry_delay * 2**(attempt-1)``."""

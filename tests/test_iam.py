@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 import remotejob
-from remotejob import doctor
+from remotejob import doctor, journal
 from remotejob.backends._aws import Translate
 from remotejob.backends.aws import S3Store, SqsQueues
 from remotejob.backends.base import QueueAttributes
@@ -38,7 +38,7 @@ BOOTSTRAP_REQUESTS = 3
 """Unchecked requests after the server is ready: CreateUser, CreateAccessKey, PutUserPolicy."""
 
 MOTO_UNSCOPED = {"submitter": ["sqs:GetQueueUrl"], "worker": ["sqs:GetQueueUrl"],
-                 "admin": ["sqs:GetQueueUrl", "sqs:CreateQueue"]}
+                 "admin": ["sqs:GetQueueUrl", "sqs:CreateQueue"], "dashboard": ["sqs:GetQueueUrl"]}
 """moto checks these SQS actions against resource ``*``: it finds the queue ARN only in a
 request naming an existing queue's URL, so not for GetQueueUrl and CreateQueue. AWS checks them
 against the queue's ARN, and the printed policy grants them on the job system's queue ARNs
@@ -207,6 +207,9 @@ def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: P
     taken = worker_run.run()
 
     assert taken == 6  # four jobs, two of them twice
+    sub.close()  # the journal: both roles may append to it (a refused entry would be only logged)
+    reader = system.connect(system.moto.root).object_store
+    assert set(ids) <= {job_id for entry in journal.read(reader) for job_id in entry.jobs}
     states = {job_id: sub.status(job_id).state for job_id in ids}
     assert list(states.values()) == ["completed", "completed", "completed", "failed"], states
     for job_id, body in zip(ids[:3], (b"slow", large.read_bytes(), b"fail once"), strict=True):
@@ -269,6 +272,38 @@ def test_submitter_policy_submits_and_reads_but_takes_no_jobs(system: JobSystem)
     assert final["Condition"] == {"Null": {"s3:if-none-match": "false"}}
 
 
+def test_dashboard_policy_reads_acts_and_prunes_but_takes_no_jobs(system: JobSystem) -> None:
+    sub = system.connect(system.user("submitter"))
+    failing = [sub.submit({"key": unique("f"), "body": b"fails"}) for _ in range(2)]
+
+    def fail(job: remotejob.Job) -> None:
+        raise RuntimeError("asked to fail")
+
+    runner = system.connect(system.moto.root)  # max_attempts=2: failed and dead-lettered
+    assert runner.work(fail, burst=True, retry_delay=0, handle_signals=False) == 4
+    waiting = sub.submit({"key": unique("w"), "body": b"waits"})
+    dashboard = system.user("dashboard")
+    dash = system.connect(dashboard)
+
+    assert dash.status(failing[0]).state == "failed" and dash.status(waiting).state == "pending"
+    queues = dash.message_queue
+    assert queues.depth(f"{system.name}-pending").waiting == 1
+    assert sorted(letter.job or "" for letter in dash.dead_letters()) == sorted(failing)
+    assert dash.retry(failing[0]).state == "pending"
+    assert dash.redrive() == 1  # the other; the retried job's dead letter is removed
+    assert dash.status(failing[1]).state == "pending"
+    assert dash.cancel(waiting, "from the dashboard").state == "cancelled"
+    queues.purge(f"{system.name}-pending")
+    dash.close()
+    entries = journal.read(dash.object_store)
+    assert {*failing, waiting} <= {job_id for entry in entries for job_id in entry.jobs}
+    assert journal.prune(dash.object_store, keep_s=-60) == len(entries)
+
+    _refused(lambda: queues.receive(f"{system.name}-pending", 1, 0), dashboard.secret)
+    _refused(lambda: dash.object_store.put("in/forged", b"not a dashboard's to write"), dashboard.secret)
+    _refused(lambda: dash.object_store.put(f"out/{waiting}/output", b"forged"), dashboard.secret)
+
+
 def test_admin_policy_manages_queues_and_reads_their_settings(system: JobSystem) -> None:
     admin = system.user("admin")
     q = system.connect(admin)
@@ -296,10 +331,12 @@ def test_policies_are_scoped_to_the_prefix_and_queues() -> None:
 
     worker = actions(policy("worker", where))
     assert worker["s3:PutObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*",
-                                      "arn:aws:s3:::my-bucket/jobs/out/*"}
+                                      "arn:aws:s3:::my-bucket/jobs/out/*",
+                                      "arn:aws:s3:::my-bucket/jobs/journal/*"}
     assert worker["s3:DeleteObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*/attempts/*",
                                          "arn:aws:s3:::my-bucket/jobs/jobs/*/progress",
-                                         "arn:aws:s3:::my-bucket/jobs/cancels/*"}
+                                         "arn:aws:s3:::my-bucket/jobs/cancels/*",
+                                         "arn:aws:s3:::my-bucket/jobs/journal/*"}
     assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:SendMessage*"]
     assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:ReceiveMessage"]
     for forbidden in ("sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:CreateQueue",

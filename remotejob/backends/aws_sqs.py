@@ -461,7 +461,9 @@ class SqsQueues:
         return sorted(codes)
 
     def depth(self, queue: str) -> QueueDepth:
-        """Return the queue's approximate message counts.
+        """Return the queue's approximate message counts (``oldest_age_s`` stays None: SQS
+        reports the age of the oldest message only to CloudWatch, as
+        ``ApproximateAgeOfOldestMessage``).
 
         Raises:
             NotFound: no such queue.

@@ -262,6 +262,12 @@ class QueueDepth:
     waiting: int
     in_flight: int
     delayed: int
+    oldest_age_s: float | None = field(default=None, compare=False)
+    """Seconds since the oldest message in the queue (waiting, in flight or delayed) was sent;
+    0 when the queue is empty. None where the backend cannot tell cheaply: SQS's
+    GetQueueAttributes has no such attribute (on AWS it is CloudWatch's
+    ``ApproximateAgeOfOldestMessage``). Not part of equality: counts compare alike on every
+    backend."""
 
 
 @runtime_checkable

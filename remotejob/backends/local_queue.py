@@ -472,7 +472,8 @@ class SqliteQueues:
         return failed
 
     def depth(self, queue: str) -> QueueDepth:
-        """Return the queue's message counts: waiting, in flight, and delayed.
+        """Return the queue's message counts: waiting, in flight, and delayed, and the age of
+        its oldest message (exact, from the same query).
 
         Raises:
             NotFound: no such queue.
@@ -480,18 +481,19 @@ class SqliteQueues:
         with self._errors(f"counting {queue!r}"):
             attributes = self._attributes(queue)
             now = self._clock()
-            waiting, in_flight, delayed = (
+            waiting, in_flight, delayed, first = (
                 self._db.connection()
                 .execute(
                     "SELECT COALESCE(SUM(visible_at <= :now), 0), "
                     "COALESCE(SUM(visible_at > :now AND receive_count > 0), 0), "
-                    "COALESCE(SUM(visible_at > :now AND receive_count = 0), 0) "
+                    "COALESCE(SUM(visible_at > :now AND receive_count = 0), 0), MIN(sent_at) "
                     "FROM messages WHERE queue = :queue AND sent_at >= :oldest",
                     {"now": now, "queue": queue, "oldest": now - attributes.retention_s},
                 )
                 .fetchone()
             )
-        return QueueDepth(int(waiting), int(in_flight), int(delayed))
+        age = 0.0 if first is None else max(0.0, now - float(first))
+        return QueueDepth(int(waiting), int(in_flight), int(delayed), age)
 
     def purge(self, queue: str) -> None:
         """Delete every message in the queue.

@@ -202,6 +202,7 @@ def status_doc(st: JobStatus) -> dict[str, Any]:
             "done": st.progress.done, "total": st.progress.total, "message": st.progress.message,
             "updated": st.progress.updated},
         "run": st.run,
+        "input_size": st.input_size, "traceback": st.traceback,
         "history": [{"state": a.state, "error": a.error, "worker": a.worker, "attempt": a.attempt,
                      "started": a.started, "updated": a.updated} for a in st.history],
     }
@@ -248,7 +249,8 @@ def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
 
     With each job: the progress its handler last reported (done/total, message, how long ago),
     the error of a failed job or the reason of a cancelled one, and how many earlier runs a
-    retried job had (--json: "progress", "run" and "history").
+    retried job had (--json: "progress", "run" and "history"); below the table, the
+    traceback of each job whose handler raised (--json: "traceback", and "input_size").
 
     \b
     Example:
@@ -263,6 +265,11 @@ def status(ctx: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
             emit_json(status_doc(st))
     else:
         _status_table(statuses)
+        for st in statuses:
+            if st.traceback:
+                out.print(f"\njob {st.id}: traceback of its last attempt", style="bold", markup=False,
+                          highlight=False)
+                out.print(st.traceback.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()

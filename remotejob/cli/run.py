@@ -68,12 +68,16 @@ def _load_handler(target: str) -> Handler:
 @click.option("--cancel-check", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               metavar="S", help="While holding jobs, read the store's list of cancelled jobs at most "
                                 "this often (one LIST per interval, not per job).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="N",
+              help="Serve Prometheus metrics at http://HOST:N/metrics (needs remotejob[metrics]).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="The address --metrics-port listens on.")
 @pass_context
 def worker(
     ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
     concurrency: int, prefetch: int | None, burst: bool, max_jobs: int | None, max_attempts: int,
     retry_delay: float, grace_period: float, dead_letter_check: float, time_limit: float | None,
-    cancel_grace: float, cancel_check: float,
+    cancel_grace: float, cancel_check: float, metrics_port: int | None, metrics_host: str,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -94,6 +98,10 @@ def worker(
 
     SIGTERM or Ctrl-C stops taking jobs and lets running ones finish within the grace period;
     then, or on a second signal, unfinished jobs are released to other workers at once.
+
+    With --metrics-port, Prometheus metrics (jobs taken, succeeded, failed, retried, cancelled
+    and dead-lettered, handler duration, jobs running, queue depths) are served at
+    http://127.0.0.1:N/metrics while the worker runs.
 
     \b
     Example:
@@ -123,7 +131,10 @@ def worker(
             # a command gets SIGTERM, then SIGKILL after cancel_grace: the worker waits for that
             # (and the group to be gone) before it goes on without the handler
             cancel_grace=cancel_grace + (KILL_MARGIN_S if command is not None else 0.0),
+            metrics_port=metrics_port, metrics_host=metrics_host,
         )
+        if runner.metrics is not None:
+            click.echo(f"serving metrics on http://{metrics_host}:{runner.metrics.port}/metrics", err=True)
         count = runner.run()
         click.echo(f"processed {count} job(s)", err=True)
     if runner.interrupted:
