@@ -939,6 +939,37 @@ def section_errors(results: Mapping[str, Any]) -> str:
     return "## Failed measurements\n\nDetails in `bench/results/latest.json`.\n\n" + "\n".join(items)
 
 
+def section_ui(results: Mapping[str, Any]) -> str:
+    """The dashboard's index at scale (``python -m bench.ui``, merged into the saved results)."""
+    doc = results.get("ui")
+    if not doc:
+        return ""
+    pages = doc.get("pages_ms", {})
+    rows = [[name, num(ms, 1)] for name, ms in pages.items()]
+    sync = doc.get("initial_sync_requests", {})
+    idle = doc.get("idle_refresh_store_requests", {})
+    return "\n".join([
+        "## Dashboard index", "",
+        f"`python -m bench.ui --jobs {doc.get('jobs')}` (measured {doc.get('measured', '?')}; run on its own, "
+        "not by `./dev bench`): the status records of that many jobs (a week of a mix of states, two "
+        "status queues, two metadata keys) written into a fresh embedded store, then the ui's index "
+        "synced from the store as `remotejob ui` does, and each page requested through Flask's test "
+        "client (server time, median of 5).", "",
+        f"- Initial sync: {num(doc.get('initial_sync_s'), 1)} s, "
+        f"{sync.get('list', 0)} listings (on S3 one `ListObjectsV2` per 1,000 keys, about "
+        f"{max(1, round(2 * doc.get('jobs', 0) / 1000))} for this many jobs) and {sync.get('get', 0):,} GETs "
+        "(one record per job). A restart on the kept index: "
+        f"{num(doc.get('restart_sync_s'), 1)} s, listing only "
+        f"({', '.join(f'{v} {k.upper()}' for k, v in doc.get('restart_sync_requests', {}).items())}).",
+        f"- An idle refresh: {', '.join(f'{v} {k.upper()}' for k, v in idle.items()) or 'nothing'} on the "
+        f"store and {doc.get('idle_refresh_queue_requests')} `GetQueueAttributes` (one per queue).", "",
+        table(["page", "ms"], rows), "",
+        f"Target (issue 15): the first page and any filter under 1 s after the initial sync: "
+        f"{'met' if pages and max(pages.values()) < 1000 else 'NOT met'} (slowest page "
+        f"{num(max(pages.values()) if pages else None, 0)} ms).",
+    ])
+
+
 def lead_section(old: str) -> str:
     """The lead's section of an earlier report, verbatim, or a placeholder under its heading."""
     match = re.search(rf"^{re.escape(LEAD_SECTION)}[ \t]*\n(.*?)(?=^## |\Z)", old, re.S | re.M)
@@ -961,7 +992,8 @@ def render(results: Mapping[str, Any], old: str = "") -> str:
         intro += ["", control_measured_line(results)]
     sections: list[Callable[[Mapping[str, Any]], str]] = [
         section_targets, section_aws_latency, section_throughput, section_cpu, section_requests,
-        section_latency, section_idle, section_large, section_control, section_errors, section_counts,
+        section_latency, section_idle, section_large, section_control, section_ui, section_errors,
+        section_counts,
     ]
     parts = ["\n".join(intro), *(s(results) for s in sections), section_machine(meta), lead_section(old)]
     return "\n\n".join(part for part in parts if part) + "\n"
