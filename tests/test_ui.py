@@ -205,7 +205,9 @@ def test_the_index_follows_the_journal_and_costs_one_list_when_nothing_changes(
     assert ui.job_ids("/jobs?state=completed") == [second, first]
 
 
-def test_actions_cancel_retry_redrive_and_purge(backend: BackendSetup, ui_factory: Callable[..., Ui]) -> None:
+def test_actions_cancel_retry_redrive_and_purge(
+    backend: BackendSetup, ui_factory: Callable[..., Ui], caplog: pytest.LogCaptureFixture
+) -> None:
     q = connect(backend)
     waiting = q.submit({"body": b"wait"})
     ui = ui_factory(q)
@@ -216,6 +218,8 @@ def test_actions_cancel_retry_redrive_and_purge(backend: BackendSetup, ui_factor
     page = ui.page(f"/jobs/{waiting}")
     assert 'id="state" class="st st-cancelled"' in page
     assert f"job {waiting} cancelled" in page, "the flash message says what happened"
+    assert f"ui action cancel {waiting} from 127.0.0.1: job {waiting} cancelled" in caplog.text, \
+        "every action is logged"
 
     bad1 = q.submit({"body": b"fail 1"})
     bad2 = q.submit({"body": b"fail 2"})
@@ -236,6 +240,7 @@ def test_actions_cancel_retry_redrive_and_purge(backend: BackendSetup, ui_factor
     assert q.message_queue.depth(q.queue_name("pending")).waiting == 3, "a wrong confirmation purges nothing"
     ui.post("/actions/purge", {"csrf": token, "status": "pending", "confirm": "pending"})
     assert q.message_queue.depth(q.queue_name("pending")).waiting == 0
+    assert "ui action purge pending" in caplog.text
 
 
 def test_posts_without_the_csrf_token_or_in_read_only_mode_are_refused(
