@@ -154,7 +154,8 @@ def create_app(queue: Queue, index: Index, *, read_only: bool = False, secret: s
             response.set_cookie(TOKEN_COOKIE, secret, httponly=True, samesite="Strict")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # not "no-referrer": Chromium would then send "Origin: null" with the forms' POSTs
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
             "frame-ancestors 'none'; form-action 'self'")
