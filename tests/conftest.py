@@ -32,10 +32,27 @@ BACKENDS = ("embedded", "aws", "aws-real-s3")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
-                     help="also run the tests marked slow (CI runs them: ./dev test -q --run-slow -m slow)")
+                     help="also run the tests marked slow (the long chaos setting; CI does not)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*kinds): run a backend-parametrised test on these settings only (say why)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # @pytest.mark.backends(...): a test that proves nothing more on the other settings is not
+    # collected on them (deselected, not skipped: it is not a gap to report)
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("backend") if callspec is not None else None
+        off = marker is not None and kind is not None and kind not in marker.args
+        (dropped if off else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow")

@@ -17,6 +17,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
 
@@ -26,6 +27,11 @@ from remotejob.cli.app import JobBars
 from tests.conftest import BackendSetup, unique
 
 REPO = Path(__file__).resolve().parent.parent
+# The command line passes its options and environment to connect() and prints what the API
+# returns; what the backends do differently is proven on all three settings by the API's suites.
+# The CLI runs on the embedded default and on one AWS setting: aws-real-s3, whose SeaweedFS
+# also checks the credentials the commands were given (moto's S3 accepts any; both use moto's SQS).
+pytestmark = pytest.mark.backends("embedded", "aws-real-s3")
 HANDLERS = __name__  # the handlers below, as `remotejob worker MODULE:FUNCTION` names them
 
 

@@ -27,6 +27,11 @@ from tests.servers import free_port
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("remotejob")
 """The ``remotejob`` console script installed beside this Python: what users run."""
+# The command line passes its options and environment to connect() and prints what the API
+# returns; what the backends do differently is proven on all three settings by the API's suites.
+# The CLI runs on the embedded default and on one AWS setting: aws-real-s3, whose SeaweedFS
+# also checks the credentials the commands were given (moto's S3 accepts any; both use moto's SQS).
+pytestmark = pytest.mark.backends("embedded", "aws-real-s3")
 CONNECTION_VARS = ("REMOTEJOB_NAME", "REMOTEJOB_STORE", "REMOTEJOB_QUEUES")
 
 TOOL = r'''

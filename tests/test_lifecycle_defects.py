@@ -54,7 +54,8 @@ def test_a_keyed_submit_whose_send_fails_leaves_nothing(backend: BackendSetup) -
 
 
 def test_a_staged_output_lost_before_publishing_fails_the_job(backend: BackendSetup) -> None:
-    q, faults = connect_faulty(backend, visibility_timeout=1)
+    # wait_time=1 here and below: a worker stopped by running() waits out its SQS long poll
+    q, faults = connect_faulty(backend, visibility_timeout=1, wait_time=1)
     job_id = q.submit({"body": b"x"})
     faults.crash("store.put", match="/final")  # claimed, then died before publishing
     with contextlib.suppress(Crash):
@@ -80,7 +81,7 @@ def test_a_worker_holds_a_job_for_its_own_visibility_not_the_queues(backend: Bac
     store = backend.store_url()
     submitter = backend.connect(name, store=store, visibility_timeout=1)  # creates the queues: 1 s
     job_id = submitter.submit({"body": b"long"})
-    worker_q = backend.connect(name, store=store, visibility_timeout=60)
+    worker_q = backend.connect(name, store=store, visibility_timeout=60, wait_time=1)
     started, finish = threading.Event(), threading.Event()
     runs: list[int] = []
 
@@ -164,7 +165,7 @@ def test_a_heartbeat_in_flight_does_not_cut_a_retry_short(backend: BackendSetup)
 
 
 def test_a_capped_heartbeat_entry_stops_being_extended_and_the_others_go_on(backend: BackendSetup) -> None:
-    q, faults = connect_faulty(backend, visibility_timeout=3)
+    q, faults = connect_faulty(backend, visibility_timeout=3, wait_time=1)
     q.submit({"body": b"a"})
     q.submit({"body": b"b"})
     started = threading.Barrier(3)
@@ -243,7 +244,7 @@ def test_a_retried_job_does_not_look_taken(backend: BackendSetup) -> None:
 
 
 def test_a_claim_that_cannot_be_settled_is_left_to_the_next_delivery(backend: BackendSetup) -> None:
-    q, faults = connect_faulty(backend, visibility_timeout=1)
+    q, faults = connect_faulty(backend, visibility_timeout=1, wait_time=1)
     job_id = q.submit({"body": b"x"})
     faults.fail("store.put", remotejob.AlreadyExists("conflict"), match="/final", times=5)
     q.work(echo, max_jobs=1, handle_signals=False)  # no RecursionError: it gives up, logs, goes on

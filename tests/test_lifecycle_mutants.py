@@ -63,7 +63,9 @@ def test_a_pipeline_stage_whose_staged_output_was_lost_fails_the_job_and_hands_n
     when its redelivery finishes it: the job is recorded failed (never a job whose outputs cannot
     be read) listing the outputs that were published and only those, the next stage never runs,
     and one failed notice is sent."""
-    q, faults = connect_faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1)
+    # wait_time=1: a stopped worker waits out its SQS long poll
+    q, faults = connect_faulty(backend, statuses=("pending", "thumbnail", "completed"), visibility_timeout=1,
+                               wait_time=1)
     job_id = q.submit({"body": b"picture"})
 
     def resize(job: remotejob.Job) -> None:

@@ -570,7 +570,7 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(local: Queues, t
     # busy handler; every process must still get through.
     for round_ in range(3):
         path = str(tmp_path / f"fresh-{round_}.db")
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("fork")  # a spawned process imports the suite: ~2 s each
         gate = ctx.Event()
         procs = [ctx.Process(target=_open_fresh, args=(path, gate)) for _ in range(6)]
         for proc in procs:

@@ -245,7 +245,8 @@ def test_a_claim_whose_reply_was_lost_is_recognised_as_ours(backend: BackendSetu
 def test_redelivery_after_a_crash_past_the_claim_publishes_without_rerunning(backend: BackendSetup) -> None:
     faults = Faults()
     q = remotejob.connect(unique("q"), store=FaultyStore(backend.make_store(), faults),
-                          queues=FaultyQueues(backend.make_queues(), faults), visibility_timeout=1)
+                          queues=FaultyQueues(backend.make_queues(), faults), visibility_timeout=1,
+                          wait_time=1)  # a stopped worker waits out its SQS long poll
     job_id = q.submit({"body": b"crash"})
     # The first attempt stages and claims, then dies before publishing or deleting its message.
     faults.crash("store.put", match="/final")
