@@ -243,6 +243,7 @@ def test_actions_cancel_retry_redrive_and_purge(
     assert "ui action purge pending" in caplog.text
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the app's own checks: the backend only stores
 def test_posts_without_the_csrf_token_or_in_read_only_mode_are_refused(
     backend: BackendSetup, ui_factory: Callable[..., Ui]
 ) -> None:
@@ -267,6 +268,7 @@ def test_posts_without_the_csrf_token_or_in_read_only_mode_are_refused(
     assert q.status(job).state == "pending"
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the app's own checks: the backend only stores
 def test_metadata_renders_as_text(backend: BackendSetup, ui_factory: Callable[..., Ui]) -> None:
     q = connect(backend)
     script = "<script>alert(1)</script>"
@@ -280,6 +282,7 @@ def test_metadata_renders_as_text(backend: BackendSetup, ui_factory: Callable[..
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the app's own checks: the backend only stores
 def test_a_token_is_required_when_one_is_set(backend: BackendSetup, ui_factory: Callable[..., Ui]) -> None:
     q = connect(backend)
     ui = ui_factory(q, secret="s3cret-token")
@@ -293,6 +296,7 @@ def test_a_token_is_required_when_one_is_set(backend: BackendSetup, ui_factory: 
     assert fresh.get("/jobs").status_code == 200, "the token is kept in a cookie"
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the app's own checks: the backend only stores
 def test_serving_beyond_loopback_needs_a_secret(backend: BackendSetup) -> None:
     q = connect(backend)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")

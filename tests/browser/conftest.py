@@ -25,6 +25,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,21 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 XSS = "<script>alert(1)</script>"
+
+
+def wait_for_chromium(timeout: float = 300.0) -> bool:
+    """True once Chromium is installed. ``.ci/run`` installs it while the package installs and
+    the linters run, and names the installer in ``REMOTEJOB_CHROMIUM_INSTALL_PID``: while that
+    process lives (at most ``timeout`` s), wait for the executable instead of skipping."""
+    pid = os.environ.get("REMOTEJOB_CHROMIUM_INSTALL_PID", "")
+    deadline = time.monotonic() + timeout
+    while not CHROMIUM.exists() and pid.isdigit() and time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except OSError:
+            break  # the installer is gone: Chromium is there or never will be
+        time.sleep(1)  # polling an installer we do not control; nothing to wait on instead
+    return CHROMIUM.exists()
 
 
 def expected_output(body: bytes) -> bytes:

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, XSS, Seeded, expected_output, screenshot
+from tests.browser.conftest import CHROMIUM, XSS, Seeded, expected_output, screenshot, wait_for_chromium
 
-if not CHROMIUM.exists():
+if not wait_for_chromium():
     pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium", allow_module_level=True)
 if importlib.util.find_spec("playwright") is None:
     pytest.skip("no Playwright: pip install -e '.[test]'", allow_module_level=True)
