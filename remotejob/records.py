@@ -34,7 +34,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -289,20 +289,23 @@ def delete_manifest(store: ObjectStore, batch_id: str) -> None:
     store.delete(keys.batch_key(batch_id))
 
 
-def status(store: ObjectStore, name: str, job_id: str) -> JobStatus:
-    """Where a job stands, from its records (see the module docstring).
+def status(store: ObjectStore, name: str, job_id: str, present: Collection[str] | None = None) -> JobStatus:
+    """Where a job stands, from its records (see the module docstring). ``present``: the records
+    a listing found (e.g. ``{"final"}``); only those are read.
 
     Raises:
         NotFound: no job with this id was ever submitted.
     """
-    final = _get(store, keys.record_key(job_id, "final"))
+    def get(record: str) -> bytes | None:
+        if present is not None and record not in present:
+            return None
+        return _get(store, keys.record_key(job_id, record))
+
+    final = get("final")
     if final is not None:
         return _with_history(store, decode_status(job_id, final))
-    found = [
-        decode_status(job_id, raw)
-        for raw in (_get(store, keys.record_key(job_id, r)) for r in ("progress", "queued"))
-        if raw is not None
-    ]
+    found = [decode_status(job_id, raw) for raw in (get(r) for r in ("progress", "queued"))
+             if raw is not None]
     if found:
         return _with_history(store, max(found, key=lambda s: s.updated))
     batched = keys.parse_batch_job(job_id)

@@ -26,6 +26,7 @@ crash fired raises it on return), until :meth:`Faults.revive`.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +155,11 @@ class Faults:
         with self._lock:
             calls = list(self.calls)
         return sum(1 for name, args, kwargs in calls if probe.matches(name, args, kwargs))
+
+    def ops(self) -> Counter[str]:
+        """How many calls of each op were made while alive, e.g. ``{"store.list": 3}``."""
+        with self._lock:
+            return Counter(name for name, _, _ in self.calls)
 
     def fired(self, op: str | None = None) -> int:
         """How many times rules (of ``op``) fired."""

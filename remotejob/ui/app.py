@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 from flask import (
     Flask,
@@ -246,7 +247,7 @@ def create_app(queue: Queue, index: Index, *, read_only: bool = False, secret: s
         filename = asset.rsplit("/", 1)[-1] or "output"
         response = Response(stream_with_context(body()), mimetype=out.content_type)
         response.headers["Content-Length"] = str(out.size)
-        response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{_quote(filename)}"
+        response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
         return response
 
     @app.get("/dead")
@@ -268,7 +269,7 @@ def create_app(queue: Queue, index: Index, *, read_only: bool = False, secret: s
     def metrics() -> Response:
         from .metrics import exposition  # prometheus_client: imported when scraped
 
-        body, content_type = exposition(index, ctx.name)
+        body, content_type = exposition(index)
         return Response(body, content_type=content_type)
 
     # -- actions ----------------------------------------------------------------------------------
@@ -394,10 +395,3 @@ def _stages(queue: Queue, job_id: str) -> list[dict[str, Any]]:
         return []
     stages.sort(key=lambda s: float(s["at"]))
     return stages
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
-

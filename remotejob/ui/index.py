@@ -23,12 +23,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import journal, keys, records
-from ..backends.base import ObjectStore, QueueDepth
+from ..backends.base import QueueDepth
 from ..context import Context
 from ..errors import NotFound, RemoteJobError
 from ..status import DONE, JobStatus
@@ -113,16 +113,6 @@ class WorkerRow:
     running: int
 
 
-@dataclass
-class Requests:
-    """Requests the index sent to the store and queues, by kind (its published refresh cost)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add(self, kind: str, n: int = 1) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + n
-
-
 class Index:
     """A local SQLite index of one job system's jobs.
 
@@ -140,7 +130,6 @@ class Index:
         self.refresh_s = refresh_s
         self.rescan_s = rescan_s
         self.prune = prune
-        self.requests = Requests()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(":memory:" if path is None else str(path), check_same_thread=False,
@@ -242,16 +231,13 @@ class Index:
         started = time.time()
         seen_tags: dict[str, str] = {}
         records_of: dict[str, set[str]] = {}
-        listed = 0
         for info in self.ctx.store.list("jobs/"):
-            listed += 1
             segment, _, record = info.key[len("jobs/"):].partition("/")
             if not segment or not (record in keys.RECORDS or record.startswith("handoff-")):
                 continue
             job_id = keys.job_from_segment(segment)
             seen_tags[job_id] = seen_tags.get(job_id, "") + f"{record}:{info.etag};"
             records_of.setdefault(job_id, set()).add(record)
-        self.requests.add("LIST", max(1, -(-listed // 1000)))
         with self._lock:
             known = dict(self._db.execute("SELECT id, tag FROM jobs WHERE tag != ''").fetchall())
         changed = [job_id for job_id, tag in seen_tags.items() if known.get(job_id) != tag]
@@ -274,13 +260,11 @@ class Index:
     def _scan_batches(self, recorded: set[str]) -> list[Row]:
         rows: list[Row] = []
         infos = list(self.ctx.store.list("batches/"))
-        self.requests.add("LIST", max(1, -(-len(infos) // 1000)))
         for info in infos:
             rows.extend(self._batch_rows(info.key[len("batches/"):], recorded))
         return rows
 
     def _batch_rows(self, batch_id: str, recorded: set[str] | None = None) -> list[Row]:
-        self.requests.add("GET")
         raw = records.read(self.ctx.store, keys.batch_key(batch_id))
         if raw is None:
             return []
@@ -318,9 +302,8 @@ class Index:
     def _read_journal(self) -> None:
         with self._lock:
             newest = self._get_setting("journal") or ""
-        stamp = _stamp(newest)
+        stamp = keys.parse_journal(newest)
         start = keys.journal_start(stamp - LOOKBACK_S) if stamp is not None else ""
-        self.requests.add("LIST")
         listed = [info.key for info in self.ctx.store.list(keys.JOURNAL, start_after=start)]
         with self._lock:
             fresh = [key for key in listed if self._db.execute(
@@ -329,9 +312,9 @@ class Index:
             return
         jobs: set[str] = set()
         batches: set[str] = set()
-        for entry_jobs, entry_batches in self._read_entries(fresh):
-            jobs.update(entry_jobs)
-            batches.update(entry_batches)
+        for entry in self._read_entries(fresh):
+            jobs.update(entry.jobs)
+            batches.update(entry.batches)
         pending: list[Row] = []
         for batch_id in batches:
             pending.extend(self._batch_rows(batch_id))
@@ -343,16 +326,21 @@ class Index:
             if start:
                 self._db.execute("DELETE FROM journal_seen WHERE key < ?", (start,))
 
-    def _read_entries(self, entry_keys: list[str]) -> Iterator[tuple[list[str], list[str]]]:
-        """The job and batch ids of each journal entry (an entry that is not one of ours names none)."""
-        self.requests.add("GET", len(entry_keys))
+    def _read_entries(self, entry_keys: list[str]) -> Iterator[journal.JournalEntry]:
+        """The journal entries at these keys (one that vanished or is not an entry is skipped)."""
+
+        def one(key: str) -> journal.JournalEntry | None:
+            try:
+                with self.ctx.store.get(key) as obj:
+                    return journal.decode(key, obj.read())
+            except NotFound:
+                return None
+            except ValueError as exc:
+                logger.warning("skipping journal entry %s: %s", key, exc)
+                return None
+
         with ThreadPoolExecutor(GET_THREADS) as pool:
-            for doc in pool.map(lambda k: _read_or_none(self.ctx.store, k), entry_keys):
-                if doc is None:
-                    continue
-                jobs, batches = doc.get("jobs"), doc.get("batches")
-                yield ([j for j in jobs if isinstance(j, str)] if isinstance(jobs, list) else [],
-                       [b for b in batches if isinstance(b, str)] if isinstance(batches, list) else [])
+            yield from (entry for entry in pool.map(one, entry_keys) if entry is not None)
 
     def _load(self, job_ids: list[str], tags: dict[str, str] | None,
               present: dict[str, set[str]] | None = None) -> None:
@@ -365,9 +353,10 @@ class Index:
             try:
                 found = None if present is None else present.get(job_id)
                 if found:
-                    st = self._read_listed(job_id, found)
-                    if st is not None:
-                        return job_id, st
+                    try:  # only the records the listing found: one GET per job
+                        return job_id, records.status(self.ctx.store, self.ctx.name, job_id, found)
+                    except NotFound:
+                        pass  # they went since the listing: read the job afresh
                 return job_id, records.status(self.ctx.store, self.ctx.name, job_id)
             except NotFound:
                 return job_id, None
@@ -375,7 +364,6 @@ class Index:
                 logger.warning("skipping job %s in the index: %s", job_id, exc)
                 return job_id, None
 
-        self.requests.add("GET", len(job_ids))
         with ThreadPoolExecutor(GET_THREADS) as pool:
             results = list(pool.map(one, job_ids))
         with self._lock, self._transaction():
@@ -385,19 +373,6 @@ class Index:
                         self._delete(job_id)
                     continue
                 self._write(st, "" if tags is None else tags.get(job_id, ""))
-
-    def _read_listed(self, job_id: str, present: set[str]) -> JobStatus | None:
-        """Where a job stands from the records a listing found: ``final`` alone when there is
-        one (as ``records.status`` reads), else the later of ``progress`` and ``queued``."""
-        names = ["final"] if "final" in present else [r for r in ("progress", "queued") if r in present]
-        found = []
-        for name in names:
-            try:
-                with self.ctx.store.get(keys.record_key(job_id, name)) as obj:
-                    found.append(records.decode_status(job_id, obj.read()))
-            except NotFound:
-                continue
-        return max(found, key=lambda st: st.updated) if found else None
 
     def _write(self, st: JobStatus, tag: str) -> None:
         meta = dict(getattr(st, "meta", {}) or {})
@@ -422,7 +397,6 @@ class Index:
         depths: dict[str, QueueDepth | None] = {}
         self.ctx.ensure_queues()
         for status in (*self.ctx.statuses, keys.DEAD):
-            self.requests.add("GetQueueAttributes")
             try:
                 depths[status] = self.ctx.queues.depth(keys.queue_name(self.ctx.name, status))
             except RemoteJobError as exc:
@@ -432,7 +406,6 @@ class Index:
 
     def _prune_journal(self) -> None:
         try:
-            self.requests.add("LIST")
             journal.prune(self.ctx.store)
         except RemoteJobError as exc:  # e.g. a read-only role: pruning is the workers' job too
             logger.info("not pruning the journal: %s", exc)
@@ -538,22 +511,6 @@ class Index:
     def refresh_jobs(self, job_ids: Iterable[str]) -> None:
         """Read these jobs again now (after an action on them)."""
         self._load(list(job_ids), None)
-
-
-def _stamp(key: str) -> float | None:
-    """When a journal entry was written, from its key (``journal/<12 hex ms>...``)."""
-    try:
-        return int(key[len(keys.JOURNAL):len(keys.JOURNAL) + 12], 16) / 1000
-    except ValueError:
-        return None
-
-
-def _read_or_none(store: ObjectStore, key: str) -> dict[str, Any] | None:
-    try:
-        return records.read(store, key)
-    except (RemoteJobError, ValueError) as exc:
-        logger.warning("skipping journal entry %s: %s", key, exc)
-        return None
 
 
 class _Transaction:

@@ -45,7 +45,7 @@ class _IndexCollector(Collector):
         return [jobs, messages, oldest, synced]
 
 
-def exposition(index: Index, name: str) -> tuple[bytes, str]:
+def exposition(index: Index) -> tuple[bytes, str]:
     """The metrics page's body and content type."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_IndexCollector(index))
