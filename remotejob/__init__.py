@@ -35,6 +35,7 @@ from .errors import (
 )
 from .job import Job
 from .queue import Queue, connect
+from .schedules import Schedule
 from .status import Attempt, JobStatus, Output, Progress
 from .worker import Handler, Worker
 
@@ -65,6 +66,7 @@ __all__ = [
     "Progress",
     "Queue",
     "RemoteJobError",
+    "Schedule",
     "StoredObject",
     "TimeLimitExceeded",
     "UncertainResult",

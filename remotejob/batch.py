@@ -8,6 +8,11 @@ from an id that was never submitted without a record of its own. A job whose cal
 key (and every ``trigger()``) gets its own ``queued`` record instead, created once *before*
 anything else is written, so a second submit of the same key is refused having written nothing.
 
+A job due later (``delay``/``at``) is sent with the queue's own message delay when that reaches
+(up to 15 minutes on SQS); a job due later still is parked in the store instead (``timers.py``),
+its message marked ``once`` so that a duplicated dispatch never runs it twice. A priority other
+than normal sends to that level's queue (``<name>-<status>-high``/``-low``).
+
 When sending fails, only what is known not to have been sent is undone: entries a batch call
 refused, and batches never sent. A batch whose reply was lost may have been sent; its jobs are
 left runnable (their inputs, records and manifest entries stay) and the error says so.
@@ -26,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import keys, records, tracing
+from . import keys, records, timers, tracing
 from .backends.base import OutgoingMessage
 from .bodies import BodyLike, Entry, Prepared, open_body, parse_entry
 from .context import Context
@@ -82,15 +87,49 @@ def check_time_limit(time_limit: float | None) -> float | None:
     return float(time_limit)
 
 
+@dataclass(frozen=True)
+class _When:
+    """When and where a submission's jobs go: the due time, the priority level, and whether
+    their messages may be sent more than once (parked in the store, or a periodic job's tick)."""
+
+    status: str
+    queue: str
+    due: float | None
+    priority: str | None
+    once: bool
+    parked: bool
+    """Due later than the queue can delay a message: parked in the store until then."""
+
+    def envelope(self, job_id: str, now: float, meta: Mapping[str, str], limit: float | None) -> Envelope:
+        return Envelope(job=job_id, key=job_id, status=self.status, sent=now, meta=dict(meta), limit=limit,
+                        trace=tracing.carrier(), due=self.due, once=self.once, priority=self.priority)
+
+
+def _when(
+    ctx: Context, status: str, now: float, due: float | None, priority: str | None, once: bool
+) -> _When:
+    queue = ctx.status_queue(status, priority)
+    parked = due is not None and due - now > ctx.max_delay_s
+    return _When(status, queue, due, keys_priority(priority), once or parked, parked)
+
+
+def keys_priority(priority: str | None) -> str | None:
+    """The priority as envelopes and records carry it (None for normal)."""
+    return None if priority in (None, "normal") else priority
+
+
 @tracing.sends
 def submit_many(
-    ctx: Context, items: Iterable[Mapping[str, Any]], status: str, time_limit: float | None = None
+    ctx: Context, items: Iterable[Mapping[str, Any]], status: str, time_limit: float | None = None, *,
+    due: float | None = None, priority: str | None = None, once: bool = False,
 ) -> list[str]:
-    """Store (or inline) every item's input, then send them all; see ``Queue.submit_many``."""
+    """Store (or inline) every item's input, then send them all; see ``Queue.submit_many``.
+    ``due``: when the jobs may start (None: now); ``once``: their messages may be sent more than
+    once (a periodic job's tick)."""
     limit = check_time_limit(time_limit)
-    name = ctx.status_queue(status)
     entries = [parse_entry(item) for item in items]
     now = time.time()
+    when = _when(ctx, status, now, due, priority, once)
     batch_id = keys.new_key()
     jobs: list[_Job] = []
     generated = 0
@@ -101,21 +140,22 @@ def submit_many(
             if entry.key is None:
                 job.index = generated
                 generated += 1
-            _prepare(ctx, entry, job, status, now, limit)
+            _prepare(ctx, entry, job, when, now, limit)
     except BaseException:
         _undo(ctx, jobs)
         raise
-    return _send(ctx, name, status, now, jobs, batch_id)
+    return _send(ctx, when, now, jobs, batch_id)
 
 
 @tracing.sends
 def trigger_many(
-    ctx: Context, job_keys: Iterable[str], status: str, time_limit: float | None = None
+    ctx: Context, job_keys: Iterable[str], status: str, time_limit: float | None = None, *,
+    due: float | None = None, priority: str | None = None, once: bool = False,
 ) -> list[str]:
     """Trigger stored inputs in batches; see ``Queue.trigger_many``."""
     limit = check_time_limit(time_limit)
-    name = ctx.status_queue(status)
     now = time.time()
+    when = _when(ctx, status, now, due, priority, once)
     jobs: list[_Job] = []
     try:
         for key in job_keys:
@@ -123,22 +163,22 @@ def trigger_many(
                 info = ctx.store.head(keys.input_key(key))
             except NotFound:
                 raise NotFound(f"no input stored at in/{key}: store() it before triggering it") from None
-            records.create_queued(ctx.store, key, status, now, info.metadata)
-            envelope = Envelope(job=key, key=key, status=status, sent=now, meta=info.metadata, limit=limit,
-                                trace=tracing.carrier())
+            records.create_queued(ctx.store, key, status, now, info.metadata, due=when.due,
+                                  priority=when.priority)
+            envelope = when.envelope(key, now, info.metadata, limit)
             jobs.append(_Job(key, ctx.seal(encode(envelope)), recorded=True))
     except BaseException:
         _undo(ctx, jobs)
         raise
-    return _send(ctx, name, status, now, jobs, None)
+    return _send(ctx, when, now, jobs, None)
 
 
-def _prepare(ctx: Context, entry: Entry, job: _Job, status: str, now: float, limit: float | None) -> None:
-    envelope = Envelope(job=job.id, key=job.id, status=status, sent=now, meta=entry.metadata, limit=limit,
-                        trace=tracing.carrier())
+def _prepare(ctx: Context, entry: Entry, job: _Job, when: _When, now: float, limit: float | None) -> None:
+    envelope = when.envelope(job.id, now, entry.metadata, limit)
     job.meta = entry.metadata
     if job.index is None:  # the caller named it: refused before anything is written if taken
-        records.create_queued(ctx.store, job.id, status, now, entry.metadata)
+        records.create_queued(ctx.store, job.id, when.status, now, entry.metadata, due=when.due,
+                              priority=when.priority)
         job.recorded = True
     else:
         data = _small_body(entry.body)
@@ -164,14 +204,13 @@ def _small_body(body: BodyLike) -> bytes | None:
     return None
 
 
-def _send(
-    ctx: Context, name: str, status: str, now: float, jobs: list[_Job], batch_id: str | None
-) -> list[str]:
+def _send(ctx: Context, when: _When, now: float, jobs: list[_Job], batch_id: str | None) -> list[str]:
+    status = when.status
     generated = [job.index for job in jobs if job.index is not None]
     if generated and batch_id is not None:
         try:
             records.write_manifest(ctx.store, batch_id, len(generated), status, now, if_absent=True,
-                                   meta=_generated_meta(jobs))
+                                   meta=_generated_meta(jobs), due=when.due, priority=when.priority)
         except BaseException:
             _undo(ctx, jobs)
             raise
@@ -188,7 +227,11 @@ def _send(
                 failed.update({i: "not sent" for i in batch})
                 return
         try:
-            ctx.queues.send_batch(name, [OutgoingMessage(jobs[i].message) for i in batch])
+            if when.parked and when.due is not None:
+                timers.park(ctx, when.status, when.priority, when.due, [jobs[i].message for i in batch])
+            else:
+                delay = 0 if when.due is None else timers.delay_for(when.due, ctx.max_delay_s)
+                ctx.queues.send_batch(when.queue, [OutgoingMessage(jobs[i].message, delay) for i in batch])
             with lock:
                 sent.update({i: jobs[i].id for i in batch})
         except BatchPartlyFailed as exc:
@@ -208,7 +251,8 @@ def _send(
                 error = error or exc
                 failed.update({i: type(exc).__name__ for i in batch})
 
-    batches = send_batches([job.message for job in jobs])
+    messages = [job.message for job in jobs]
+    batches = timers.park_batches(messages) if when.parked else send_batches(messages)
     if len(batches) == 1:
         send(batches[0])
     else:  # a few requests in flight at once: under network latency, ~SENDERS times sooner

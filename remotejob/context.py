@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from . import keys
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes
 from .control import Cancellations
-from .envelope import Envelope, decode, wrap_dead
+from .envelope import PRIORITIES, Envelope, decode, wrap_dead
 from .errors import ConfigError, EnvelopeError, UnknownStatus
 from .journal import Journal, JournalingStore
-from .limits import MAX_VISIBILITY_S, MAX_WAIT_S, validate_queue_name
+from .limits import MAX_DELAY_S, MAX_VISIBILITY_S, MAX_WAIT_S, validate_queue_name
 from .signing import Keyring
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,20 @@ def _journal(store: ObjectStore, journal: bool | float) -> Journal | None:
     if not isinstance(journal, (int, float)) or not 0 < journal < 3600:
         raise ConfigError(f"journal must be True, False or 0-3600 seconds between entries, got {journal!r}")
     return Journal(store, interval=float(journal))
+
+
+def check_priority(priority: object) -> str | None:
+    """A priority as queues name it: ``"high"`` or ``"low"``, or None for normal.
+
+    Raises:
+        ValueError: not one of ``high``, ``normal``, ``low`` (or None).
+    """
+    if priority is None or priority == "normal":
+        return None
+    if priority in ("high", "low"):
+        return str(priority)
+    raise ValueError(f"priority must be one of {', '.join(PRIORITIES)} (or None for normal), "
+                     f"got {priority!r}")
 
 
 class Context:
@@ -88,6 +102,10 @@ class Context:
         """The jobs this process knows to be cancelled (read from the store's cancellation log)."""
         self.lock = threading.Lock()
         self._ensured = False
+        self._levels: set[str] = set()
+        self.max_delay_s = MAX_DELAY_S
+        """The longest delay a message queue applies to a message itself (SQS: 15 minutes); a
+        job due later is parked in the store until then (see ``timers.py``). Tests lower it."""
 
     def close(self) -> None:
         """Write the journal's pending entry now."""
@@ -99,6 +117,12 @@ class Context:
         """The dead-letter queue's name, ``<name>-dead``."""
         return keys.dead_letter_name(self.name)
 
+    def level_queues(self, status: str) -> dict[str, str]:
+        """The priority levels of a status whose queues this process created, by level."""
+        with self.lock:
+            return {p: keys.queue_name(self.name, status, p) for p in ("high", "low")
+                    if keys.queue_name(self.name, status, p) in self._levels}
+
     def queue_names(self) -> list[str]:
         """Every status queue's name, then the dead-letter queue's."""
         return [keys.queue_name(self.name, s) for s in self.statuses] + [self.dead_letters]
@@ -109,21 +133,38 @@ class Context:
             return
         with self.lock:
             if not self._ensured:
-                attributes = QueueAttributes(
-                    visibility_s=self.visibility_timeout,
-                    wait_s=self.wait_time,
-                    dead_letter=self.dead_letters,
-                    max_receive_count=self.max_attempts,
-                )
-                self.queues.ensure(self.queue_names(), attributes)
+                self.queues.ensure(self.queue_names(), self._attributes())
                 self._ensured = True
 
-    def status_queue(self, status: str) -> str:
-        """The queue of a configured status (created on first use).
+    def _attributes(self) -> QueueAttributes:
+        return QueueAttributes(visibility_s=self.visibility_timeout, wait_s=self.wait_time,
+                               dead_letter=self.dead_letters, max_receive_count=self.max_attempts)
+
+    def status_queue(self, status: str, priority: str | None = None) -> str:
+        """The queue of a configured status (created on first use), or of one of its priority
+        levels (``"high"``, ``"low"``; None and ``"normal"`` are the status's own queue).
 
         Raises:
-            UnknownStatus: the status is not configured.
+            UnknownStatus: the status is not configured. ValueError: an unknown priority.
         """
+        priority = check_priority(priority)
+        if priority is not None:
+            self.status_queue(status)
+            name = keys.queue_name(self.name, status, priority)
+            if name not in self._levels:
+                # Every status's queue of the level at once (but the completion notices'): a
+                # worker, which may not create queues, can then hand a job on in its level.
+                names = [keys.queue_name(self.name, s, priority)
+                         for s in self.statuses if s != "completed" or s == status]
+                for level_queue in names:
+                    validate_queue_name(level_queue)
+                    if level_queue in self.queue_names():
+                        raise ConfigError(f"queue {level_queue!r} of priority {priority!r} is also a "
+                                          "status's queue: rename that status to use priorities")
+                self.queues.ensure(names, self._attributes())
+                with self.lock:
+                    self._levels.update(names)
+            return name
         if status not in self.statuses:
             raise UnknownStatus(
                 f"status {status!r} is not configured for {self.name!r}; configured: "

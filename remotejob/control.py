@@ -180,9 +180,9 @@ def retry(ctx: Context, job_id: str) -> JobStatus:
     records.reopen(store, job_id)
     records.forget_start(store, job_id, envelope.status)
     records.write_queued(store, job_id, envelope.status, envelope.sent, time.time(), retry=run,
-                         meta=envelope.meta)
+                         meta=envelope.meta, priority=envelope.priority)
     again = replace(envelope, retry=run)
-    ctx.queues.send(ctx.status_queue(envelope.status), ctx.seal(encode(again)))
+    ctx.queues.send(ctx.status_queue(envelope.status, envelope.priority), ctx.seal(encode(again)))
     logger.info("job %s sent again to %s (run %d)", job_id, envelope.status, run)
     return records.status(store, ctx.name, job_id)
 

@@ -203,8 +203,9 @@ def check_bucket_encryption(store: S3Store) -> Check:
 def check_queues(
     queues: SqsQueues, name: str, statuses: Sequence[str], max_attempts: int = 5
 ) -> list[Check]:
-    """Encryption of every queue, the status queues' redrive policies and the dead-letter
-    queue's retention; a missing queue fails with the fix (``remotejob init``)."""
+    """Encryption of every queue, the status queues' (and their priority levels' queues', where
+    they exist) redrive policies and the dead-letter queue's retention; a missing queue fails
+    with the fix (``remotejob init``)."""
     dead = keys.dead_letter_name(name)
     sources = [keys.queue_name(name, status) for status in statuses]
     found: dict[str, dict[str, str]] = {}
@@ -217,6 +218,12 @@ def check_queues(
                                 "run `remotejob init` (with the admin role)"))
         except BackendUnavailable as exc:
             checks.append(_unchecked("queue", f"queue {queue}", exc, "sqs:GetQueueAttributes"))
+    for level in (keys.queue_name(name, status, p) for status in statuses for p in ("high", "low")):
+        try:  # a priority level's queue exists once a job of that level was submitted
+            found[level] = queues.attributes(level)
+            sources.append(level)
+        except (NotFound, BackendUnavailable):
+            pass
     for queue, attrs in found.items():
         checks.append(check_queue_encryption(queue, attrs, queues.sse, queues.kms_key_id))
     dead_attrs = found.get(dead)

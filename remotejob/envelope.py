@@ -9,8 +9,12 @@ previous stage's output it reads) and ``"outputs"`` (the earlier stages' outputs
 while an OpenTelemetry span was current carries its W3C trace context as ``"trace"``:
 ``{"traceparent": ..., "tracestate": ...}`` (inside the signed envelope, not in message
 attributes, so a signature covers it and SQS's ten-attribute limit never bites; see
-``tracing.py``). Decoding is bounded and validates every field; anything else raises
-:class:`EnvelopeError`.
+``tracing.py``). A delayed job carries ``"due"`` (seconds since the epoch before which it must
+not start); one whose message may be sent more than once (dispatched from the store: a
+far-future job or a periodic job's tick, see ``timers.py``) carries ``"once": true``, so that its
+first delivery claims the run; a job of another priority than normal carries ``"priority"``
+(``"high"`` or ``"low"``), the level whose queue it is in. Decoding is bounded and validates
+every field; anything else raises :class:`EnvelopeError`.
 
 A message moved to the dead-letter queue by remotejob is wrapped with the reason
 (:func:`wrap_dead`); one moved there by a queue's redrive policy arrives as it was.
@@ -34,9 +38,11 @@ KINDS = ("job", "notice")
 _STATES = ("completed", "failed", "cancelled")
 _FIELDS = frozenset({
     "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
-    "sha256", "after", "partial", "limit", "retry", "trace",
+    "sha256", "after", "partial", "limit", "retry", "trace", "due", "once", "priority",
     "at", "kid", "sig",  # the signature (see signing.py)
 })
+PRIORITIES = ("high", "normal", "low")
+"""The priority levels, highest first; ``normal`` is the status's own queue."""
 _OUTPUT_FIELDS = {"size": int, "sha256": str, "content_type": str, "stage": str}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRACEPARENT = re.compile(r"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
@@ -77,6 +83,12 @@ class Envelope:
     trace: dict[str, str] | None = None
     """The W3C trace context of the span that sent the job (``traceparent``, maybe
     ``tracestate``), or None; see ``tracing.py``."""
+    due: float | None = None
+    """When a delayed job may start, seconds since the epoch; None: at once."""
+    once: bool = False
+    """The message may exist more than once (see ``timers.py``): its first delivery claims the run."""
+    priority: str | None = None
+    """``"high"`` or ``"low"``: the priority level whose queue holds the message; None: normal."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -116,6 +128,12 @@ def encode(envelope: Envelope) -> str:
         doc["retry"] = envelope.retry
     if envelope.trace is not None:
         doc["trace"] = envelope.trace
+    if envelope.due is not None:
+        doc["due"] = envelope.due
+    if envelope.once:
+        doc["once"] = True
+    if envelope.priority is not None:
+        doc["priority"] = envelope.priority
     return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
@@ -207,6 +225,14 @@ def decode(body: str) -> Envelope:
     if trace is not None and not _is_trace(trace):
         raise EnvelopeError("field 'trace' must be {\"traceparent\": a W3C traceparent, \"tracestate\": "
                             "at most 512 printable characters (optional)}")
+    due, once, priority = doc.get("due"), doc.get("once", False), doc.get("priority")
+    if due is not None and (not isinstance(due, (int, float)) or isinstance(due, bool)
+                            or not math.isfinite(due)):
+        raise EnvelopeError("field 'due' must be a number (seconds since the epoch)")
+    if not isinstance(once, bool):
+        raise EnvelopeError("field 'once' must be true or false")
+    if priority is not None and (priority not in PRIORITIES or priority == "normal"):
+        raise EnvelopeError("field 'priority' must be 'high' or 'low' (normal is left out)")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -243,6 +269,9 @@ def decode(body: str) -> Envelope:
         limit=None if limit is None else float(limit),
         retry=retry,
         trace=trace,
+        due=None if due is None else float(due),
+        once=once,
+        priority=priority,
     )
 
 

@@ -19,17 +19,26 @@ One job system keeps everything in one bucket/prefix (or folder)::
     journal/<stamp>              which jobs and batches a process wrote records of, about once
                                  a second while it writes any (see ``journal.py``): a dashboard's
                                  index reads it instead of listing ``jobs/``
+    timers/<due-stamp>-<random>  messages of jobs due later than a queue can delay them, parked
+                                 until a worker sends them (see ``timers.py``)
+    schedules/<name>             a periodic job's schedule (see ``schedules.py``); its ticks'
+                                 job ids are ``<name>@<YYYYMMDDTHHMMSSZ>``
+    in/<name>@input              a schedule's input too large to travel in its messages
+    dedup/<sha256>/<generation>  which job holds a dedup key (the key's SHA-256 in hex): one
+                                 create-once object per job submitted with it (see ``dedup.py``)
 
 Staging lives under ``jobs/`` rather than ``out/`` so that ``out/<job-id>/`` only ever holds
 published outputs. Where a job id is one segment of a longer key, ``%`` and ``/`` in it are
 written ``%25`` and ``%2F`` (:func:`job_segment`), so that no two jobs' keys can meet: job ``a``'s
 output ``b/c`` and job ``a/b``'s output ``c`` stay apart.
 
-and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``.
+and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``; a
+status's jobs of high or low priority wait in ``<name>-<status>-high`` and ``<name>-<status>-low``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -41,6 +50,9 @@ DEAD = "dead"
 RECORDS = ("queued", "progress", "final", "history")
 CANCELS = "cancels/"
 JOURNAL = "journal/"
+TIMERS = "timers/"
+SCHEDULES = "schedules/"
+DEDUP = "dedup/"
 
 
 def direction(name: str) -> str:
@@ -157,6 +169,52 @@ def parse_journal(key: str) -> float | None:
     return int(stamp[:12], 16) / 1000 if _JOURNAL_STAMP.fullmatch(stamp) else None
 
 
+_TIMER_STAMP = re.compile(r"[0-9a-f]{12}-[0-9a-f]{16}")
+
+
+def timer_key(due: float) -> str:
+    """A parked timer's key, ``timers/<ms><random>``: 12 hex digits of the due time in
+    milliseconds (so a listing yields timers in due order) and 64 random bits."""
+    return f"{TIMERS}{int(max(0.0, due) * 1000):012x}-{secrets.token_hex(8)}"
+
+
+def parse_timer(key: str) -> float | None:
+    """When a parked timer is due, from its key; None for any other key."""
+    stamp = key[len(TIMERS):] if key.startswith(TIMERS) else ""
+    return int(stamp[:12], 16) / 1000 if _TIMER_STAMP.fullmatch(stamp) else None
+
+
+_GENERATION = re.compile(r"[0-9]{10}")
+
+
+def dedup_prefix(dedup_key: str) -> str:
+    """The prefix of a dedup key's generations, ``dedup/<SHA-256 of the key, hex>/`` (any text
+    makes a valid key, and keys of any length the same size)."""
+    return f"{DEDUP}{hashlib.sha256(dedup_key.encode('utf-8')).hexdigest()}/"
+
+
+def dedup_generation_key(dedup_key: str, generation: int) -> str:
+    """A dedup key's ``generation``-th object, zero-padded to 10 digits so that a listing
+    yields generations in order."""
+    return f"{dedup_prefix(dedup_key)}{generation:010d}"
+
+
+def parse_dedup_generation(key: str) -> int | None:
+    """The generation a dedup object's key names; None for any other key."""
+    tail = key.rpartition("/")[2]
+    return int(tail) if key.startswith(DEDUP) and _GENERATION.fullmatch(tail) else None
+
+
+def schedule_key(name: str) -> str:
+    """Where a schedule lives: ``schedules/<name>`` (the caller checked the name)."""
+    return f"{SCHEDULES}{name}"
+
+
+def schedule_input_key(name: str) -> str:
+    """Where a schedule's large input is stored once: ``in/<name>@input``."""
+    return input_key(f"{name}@input")
+
+
 def staging_key(job_id: str, status: str, attempt_id: str, asset: str) -> str:
     """Where one attempt of the stage ``status`` stages an output asset before its claim is settled."""
     return validate_key(
@@ -169,9 +227,9 @@ def staging_prefix(job_id: str, status: str, attempt_id: str = "") -> str:
     return f"jobs/{job_segment(job_id)}/attempts/{status}/{attempt_id + '/' if attempt_id else ''}"
 
 
-def queue_name(name: str, status: str) -> str:
-    """The message queue that holds a status's jobs."""
-    return f"{name}-{status}"
+def queue_name(name: str, status: str, priority: str | None = None) -> str:
+    """The message queue that holds a status's jobs (of a priority level other than normal)."""
+    return f"{name}-{status}" if priority in (None, "normal") else f"{name}-{status}-{priority}"
 
 
 def dead_letter_name(name: str) -> str:

@@ -61,6 +61,12 @@ NOTICE_MAX = 64 * 1024
 """Bytes a completion notice may take; past it, it leaves its outputs to the record (``partial``)."""
 TRACEBACK_MAX = 16 * 1024
 """Bytes of a failed attempt's traceback kept in its record (the last ones)."""
+EARLY_WAIT_S = 1.0
+"""A delivery seen at most this long before its job is due waits until then (message delays are
+whole seconds, so a delayed job's message arrives up to a second early); one seen earlier is
+given back until then."""
+EARLY_HOLD_MAX_S = 12 * 3600 - 120
+"""The longest a delivery seen before its job is due is given back for (within the 12-hour cap)."""
 MESSAGE_ROOM = MAX_MESSAGE_BYTES - 16 * 1024
 """Bytes a hand-on message may take: room is left to wrap it for the dead-letter queue."""
 
@@ -103,6 +109,9 @@ class Delivery:
     """Who counts outcomes (the worker's metrics), if anyone."""
     input_size: int | None = None
     """Bytes of the job's input, once its handler opened it (or inline in the message)."""
+    source: str | None = None
+    """The queue the message was received from (a status's, or one of its priority levels');
+    None: the queue its envelope names."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -130,8 +139,10 @@ class Delivery:
 
     @property
     def queue(self) -> str:
-        """The status queue this delivery came from."""
-        return keys.queue_name(self.ctx.name, self.status)
+        """The queue this delivery came from: the status's, or its priority level's."""
+        if self.source is not None:
+            return self.source
+        return keys.queue_name(self.ctx.name, self.status, self.envelope.priority)
 
     @property
     def last_allowed(self) -> bool:
@@ -149,26 +160,35 @@ class Delivery:
 
 def begin(d: Delivery) -> bool:
     """Decide whether this delivery runs its handler: False when its stage is finished already
-    (the leftovers are finished and the delivery dropped) or when it is a second copy of a
-    hand-on whose stage another message runs (dropped)."""
+    (the leftovers are finished and the delivery dropped), when it is a second copy of a
+    hand-on or of a parked job's message whose stage another message runs (dropped), or when
+    it came before the job is due (given back until then)."""
     ctx = d.ctx
-    if d.envelope.after is not None and not records.claim_start(
+    early = 0.0 if d.envelope.due is None else d.envelope.due - time.time()
+    if 0 < early <= EARLY_WAIT_S:  # message delays are whole seconds: wait out the fraction
+        time.sleep(early)
+    elif early > 0:  # a clock jump, or a queue that did not hold it long enough: back until due
+        logger.info("job %s is due in %.1f s; gave it back until then", d.id, early)
+        release(d, min(math.ceil(early), EARLY_HOLD_MAX_S))
+        return False
+    copies = d.envelope.after is not None or d.envelope.once
+    if copies and not records.claim_start(
         ctx.store, d.id, d.status, d.message.message_id
     ):  # first: only the copy that owns the stage may finish its leftovers
-        logger.info("job %s: stage %s runs from another copy of its hand-on; dropped this one",
+        logger.info("job %s: stage %s runs from another copy of its message; dropped this one",
                     d.id, d.status)
         d.finished = True
         _acknowledge(d, notice=None)
         return False
     cancelled = False
-    if (d.receive_count > 1 or ctx.signing is not None
+    if (d.receive_count > 1 or ctx.signing is not None or d.envelope.once
             or (cancelled := ctx.cancellations.cancelled(d.id, d.envelope.retry))) and finish_if_done(d):
         if cancelled:
             logger.info("job %s was cancelled; dropped its delivery without running it", d.id)
             if d.observer is not None:
                 d.observer.outcome(d.status, "cancelled")
             return False
-        if d.receive_count == 1:
+        if d.receive_count == 1 and not d.envelope.once:  # a once job's copies are expected
             ctx.count_rejected("replayed")
         logger.info("job %s was already finished; dropped its redelivery", d.id)
         return False
@@ -482,15 +502,15 @@ def _consequences(d: Delivery, record: Mapping[str, Any]) -> None:
     else:
         notice = notice_for(ctx, d.envelope, record)
     if record.get("dead"):
-        ctx.queues.send(ctx.dead_letters, wrap_dead(d.message.body, d.status, str(record["dead"])))
+        ctx.queues.send(ctx.dead_letters, wrap_dead(d.message.body, d.queue, str(record["dead"])))
     _acknowledge(d, notice)
 
 
 def hand_on(ctx: Context, envelope: Envelope, status: str, record: Mapping[str, Any]) -> None:
     """Send the job on to the stage ``status``: the same record always makes the same message."""
     records.write_queued(ctx.store, envelope.job, status, float(record["created"]), float(record["updated"]),
-                         meta=envelope.meta)
-    queue = ctx.status_queue(status)
+                         meta=envelope.meta, priority=envelope.priority)
+    queue = ctx.status_queue(status, envelope.priority)  # the job keeps its priority
     with tracing.send(ctx, queue, envelope.job):  # the next stage's process span is its child
         ctx.queues.send(queue, ctx.seal(encode(next_stage(envelope, status, record, tracing.carrier()))))
 
@@ -506,7 +526,7 @@ def next_stage(
         job=envelope.job, key=envelope.key, status=status, sent=float(record["created"]),
         meta=envelope.meta, input=None if source is None else str(source), outputs=outputs,
         body=envelope.body if source is None else None, after=str(record["status"]),
-        limit=envelope.limit, retry=envelope.retry, trace=trace,
+        limit=envelope.limit, retry=envelope.retry, trace=trace, priority=envelope.priority,
     )
     if len(encode(handed).encode("utf-8")) <= MESSAGE_ROOM:
         return handed
@@ -578,13 +598,14 @@ def release(d: Delivery, delay_s: int = 0) -> None:
 
 
 def reopen(ctx: Context, job_id: str, status: str, body: str) -> None:
-    """Send a dead-lettered job back to ``status`` to run again (a redrive): its outcome and
-    progress are removed and its stage may be started by the new message."""
+    """Send a dead-lettered job back to ``status`` (its priority level's queue) to run again (a
+    redrive): its outcome and progress are removed and its stage may be started by the new message."""
     records.reopen(ctx.store, job_id)
     records.forget_start(ctx.store, job_id, status)
     sent = decode(body)
-    records.write_queued(ctx.store, job_id, status, sent.sent, time.time(), meta=sent.meta)
-    ctx.queues.send(ctx.status_queue(status), ctx.seal(signing.strip(body)))
+    records.write_queued(ctx.store, job_id, status, sent.sent, time.time(), meta=sent.meta,
+                         priority=sent.priority)
+    ctx.queues.send(ctx.status_queue(status, sent.priority), ctx.seal(signing.strip(body)))
 
 
 # -- jobs the queue dead-lettered by itself --------------------------------------------------------
@@ -608,7 +629,7 @@ def settle_dead_letter(ctx: Context, message: Message) -> tuple[str, str] | None
         return None
     if envelope.kind != "job":
         return None
-    source = keys.queue_name(ctx.name, envelope.status)
+    source = keys.queue_name(ctx.name, envelope.status, envelope.priority)
     store = ctx.store
     final = records.read(store, keys.record_key(envelope.job, "final"))
     if final is not None:  # recorded already (by another who saw it, or the job finished)

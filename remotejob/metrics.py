@@ -2,7 +2,8 @@
 
 ``remotejob worker --metrics-port 9100`` (or ``Worker(..., metrics_port=9100)``) serves them at
 ``http://127.0.0.1:9100/metrics``. Label ``queue`` is a status name (``pending``...), or
-``dead`` for the dead-letter queue:
+``dead`` for the dead-letter queue; the queue gauges also have a status's priority levels
+(``pending-high``, ``pending-low``) once their queues exist:
 
 - ``remotejob_jobs_taken_total{queue}``: deliveries the worker took;
 - ``remotejob_jobs_succeeded_total{queue}``: outcomes recorded completed (or handed on to the
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import keys
+from . import keys, levels
 from .errors import ConfigError, RemoteJobError
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def queue_collector(ctx: Context, every_s: float = DEPTH_EVERY_S) -> Any:
             self.lock = threading.Lock()
             self.read_at = -float("inf")
             self.depths: dict[str, QueueDepth] = {}
+            self.missing: dict[str, float] = {}  # priority level queues found missing, and when
 
         def describe(self) -> list[Any]:  # no queue read at registration
             return [GaugeMetricFamily("remotejob_queue_messages", "", labels=["queue", "kind"]),
@@ -200,14 +202,14 @@ def queue_collector(ctx: Context, every_s: float = DEPTH_EVERY_S) -> Any:
         def read(self) -> dict[str, QueueDepth]:
             with self.lock:  # concurrent scrapes share one read
                 if time.monotonic() - self.read_at >= every_s:
-                    self.depths = _depths(ctx)
+                    self.depths = _depths(ctx, self.missing)
                     self.read_at = time.monotonic()
                 return self.depths
 
     return QueueCollector()
 
 
-def _depths(ctx: Context) -> dict[str, QueueDepth]:
+def _depths(ctx: Context, missing: dict[str, float]) -> dict[str, QueueDepth]:
     found = {}
     for label in (*ctx.statuses, keys.DEAD):
         name = keys.dead_letter_name(ctx.name) if label == keys.DEAD else keys.queue_name(ctx.name, label)
@@ -215,4 +217,5 @@ def _depths(ctx: Context) -> dict[str, QueueDepth]:
             found[label] = ctx.queues.depth(name)
         except RemoteJobError as exc:
             logger.debug("metrics: cannot read the depth of %s: %s", name, exc)
+    found.update(levels.level_depths(ctx, missing))
     return found

@@ -15,13 +15,17 @@ actually calls, no more:
   ``progress`` and ``start-*`` records (S3 cannot tell a failed record from a completed one, so
   drop the ``RetryJobs`` and ``ReopenRetriedJobs`` statements where only admins may retry).
   It appends to the journal (``journal/``: which jobs it wrote records of, for dashboards).
+  It parks jobs due later than 15 minutes (``timers/``), writes and removes schedules
+  (``schedules/``), and claims dedup keys create-once (``dedup/``).
 - **worker** (``remotejob worker``, :class:`~remotejob.Worker`): takes, extends, releases and
   deletes messages of the status queues and sends to them (the next pipeline stage, completion
   notices); sends to the dead-letter queue, and (while idle) receives from it to settle jobs the
   queue dead-lettered by itself, replacing such a message with one wrapped with the reason; reads
   inputs, manifests, records
   and outputs; writes only under ``jobs/`` (records, staged assets) and ``out/`` (published
-  assets, copied from staging); deletes only staged assets and progress records; lists the
+  assets, copied from staging), and a periodic job's tick's input (``in/<name>@<tick>``, copied
+  from the schedule's); deletes only staged assets, progress records and the parked jobs' timers
+  it sent (``timers/``); lists and reads ``timers/`` and ``schedules/``; lists the
   cancellation log (``cancels/``) and removes its entries older than 15 days; appends to the
   journal (``journal/``) and removes its entries older than a day. It cannot purge or delete
   queues, change their attributes, or write inputs.
@@ -35,6 +39,12 @@ actually calls, no more:
   settings: creation, public access block, default encryption.
 
 Notes on the choices:
+
+- A status's queues include its priority levels' (``<name>-<status>-high`` and ``-low``). The
+  first submit (or dashboard retry) of a level creates its queue: ``sqs:CreateQueue`` on exactly
+  those names, and ``sqs:GetQueueAttributes`` on the dead-letter queue to name it in the new
+  queue's redrive policy. Workers read the levels' depths to find them, but create no queue:
+  a later pipeline stage's level queue must exist before a job of that level is handed on to it.
 
 - SQS authorises ``SendMessageBatch``, ``DeleteMessageBatch`` and
   ``ChangeMessageVisibilityBatch`` as their single-message actions. The policies name them as
@@ -61,6 +71,8 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 ROLES = ("submitter", "worker", "admin", "dashboard")
+PRIORITY_LEVELS = ("high", "low")
+"""The levels whose jobs wait in queues of their own, ``<name>-<status>-<level>``."""
 NOTICES = "completed"
 """The status whose queue carries completion notices (see ``Queue._notice``)."""
 
@@ -111,8 +123,14 @@ class Scope:
         return [f"arn:{self.partition}:sqs:{self.region}:{self.account}:{name}" for name in names]
 
     def status_queues(self, *, but: tuple[str, ...] = ()) -> list[str]:
-        """The queue names of the statuses, except ``but``."""
-        return [keys.queue_name(self.name, s) for s in self.statuses if s not in but]
+        """The queue names of the statuses, except ``but``, each with its priority levels'."""
+        return [keys.queue_name(self.name, s, level) for s in self.statuses if s not in but
+                for level in (None, *PRIORITY_LEVELS)]
+
+    def level_queues(self, *, but: tuple[str, ...] = ()) -> list[str]:
+        """The priority levels' queue names of the statuses, except ``but``."""
+        return [keys.queue_name(self.name, s, level) for s in self.statuses if s not in but
+                for level in PRIORITY_LEVELS]
 
 
 def scope(
@@ -195,13 +213,18 @@ def _list(where: Scope, *prefixes: str) -> dict[str, Any]:
 
 
 def _submitter_s3(where: Scope) -> list[dict[str, Any]]:
-    written = where.objects("in/*", "batches/*", "jobs/*/queued")
+    written = where.objects("in/*", "batches/*", "jobs/*/queued", "timers/*", "schedules/*")
     return [
         _allow("SubmitInputs", ["s3:PutObject", "s3:AbortMultipartUpload"], written),
         # submit() removes what it stored when sending fails; remove("in", key) removes inputs.
         _allow("TakeBackUnsentJobs", ["s3:DeleteObject"], written),
-        _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
-        _list(where, "jobs/*", "batches/*"),
+        _allow("ReadJobs", ["s3:GetObject"],
+               where.objects("in/*", "batches/*", "jobs/*", "out/*", "schedules/*", "dedup/*")),
+        _list(where, "jobs/*", "batches/*", "schedules/*", "dedup/*"),
+        # submit(dedup_key=): a key's next generation is created once; old ones are removed
+        _allow("ClaimDedupKeys", ["s3:PutObject"], where.objects("dedup/*"),
+               {"Null": {"s3:if-none-match": "false"}}),
+        _allow("PruneDedupKeys", ["s3:DeleteObject"], where.objects("dedup/*")),
         # cancel(): create the outcome record only where there is none (If-None-Match: *)
         _allow("CancelJobs", ["s3:PutObject"], where.objects("jobs/*/final", "jobs/*/retry-*"),
                {"Null": {"s3:if-none-match": "false"}}),
@@ -221,8 +244,13 @@ def _worker_s3(where: Scope) -> list[dict[str, Any]]:
                where.objects("jobs/*", "out/*")),
         _allow("ClearStagingAndProgress", ["s3:DeleteObject"],
                where.objects("jobs/*/attempts/*", "jobs/*/progress")),
-        _allow("ReadJobs", ["s3:GetObject"], where.objects("in/*", "batches/*", "jobs/*", "out/*")),
-        _list(where, "jobs/*", "cancels/*", "journal/*"),
+        _allow("ReadJobs", ["s3:GetObject"],
+               where.objects("in/*", "batches/*", "jobs/*", "out/*", "timers/*", "schedules/*")),
+        _list(where, "jobs/*", "cancels/*", "journal/*", "timers/*", "schedules/*"),
+        # The clock: send parked jobs, then remove their timer; copy a schedule's stored input
+        # to each tick's own input (in/<name>@<tick>).
+        _allow("DispatchTimers", ["s3:DeleteObject"], where.objects("timers/*")),
+        _allow("CopyTickInputs", ["s3:PutObject"], where.objects("in/*@*")),
         _allow("PruneCancelLog", ["s3:DeleteObject"], where.objects("cancels/*")),
         _allow("AppendJournal", ["s3:PutObject"], where.objects("journal/*")),
         _allow("PruneJournal", ["s3:DeleteObject"], where.objects("journal/*")),
@@ -284,6 +312,7 @@ def _submitter_sqs(where: Scope) -> list[dict[str, Any]]:
     targets = where.status_queues(but=(NOTICES,))
     if targets:
         statements.append(_allow("SendJobs", [_SEND], where.queues(*targets)))
+    statements += _create_levels(where, "CreatePriorityQueues")
     if NOTICES in where.statuses:
         statements.append(_allow("ReadCompletionNotices", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY],
                                  where.queues(keys.queue_name(where.name, NOTICES))))
@@ -300,7 +329,17 @@ def _worker_sqs(where: Scope) -> list[dict[str, Any]]:
         # give back, replace with a wrapped copy).
         _allow("DeadLetterJobs", ["sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND],
                where.queues(_dead(where))),
+        # Find the priority levels' queues (a depth read). No CreateQueue: a level's queue in a
+        # later pipeline stage must exist before a job of that level is handed on to it.
+        _allow("FindPriorityQueues", ["sqs:GetQueueAttributes"], where.queues(*where.level_queues())),
     ]
+
+
+def _create_levels(where: Scope, sid: str) -> list[dict[str, Any]]:
+    """Creating a priority level's queue on first use (a submit, a hand-on, a retry): the queue
+    itself, with the dead-letter queue's ARN (read from its attributes) in its redrive policy."""
+    return [_allow(sid, ["sqs:CreateQueue"], where.queues(*where.level_queues(but=(NOTICES,)))),
+            _allow(f"{sid}ReadDeadLetterArn", ["sqs:GetQueueAttributes"], where.queues(_dead(where)))]
 
 
 def _dashboard_sqs(where: Scope) -> list[dict[str, Any]]:
@@ -314,8 +353,9 @@ def _dashboard_sqs(where: Scope) -> list[dict[str, Any]]:
                where.queues(_dead(where))),
         *([_allow("NotifySettled", [_SEND], where.queues(keys.queue_name(where.name, NOTICES)))]
           if NOTICES in where.statuses else []),
-        # Retry and redrive send jobs back to their status queues.
+        # Retry and redrive send jobs back to their status queues (their priority levels').
         _allow("ActSendJobs", [_SEND], where.queues(*where.status_queues())),
+        *_create_levels(where, "ActCreatePriorityQueues"),
         _allow("ActPurgeQueues", ["sqs:PurgeQueue"], every),
     ]
 

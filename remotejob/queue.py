@@ -11,9 +11,10 @@ import os
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import batch, config, control, dead, keys, lifecycle, records
+from . import batch, config, control, dead, dedup, keys, lifecycle, records, schedules, timers
 from .backends.base import Message, MessageQueue, ObjectStore, StoredObject
 from .bodies import parse_entry
 from .context import DEFAULT_STATUSES, Context
@@ -26,6 +27,7 @@ from .signing import Keyring
 from .status import JobStatus
 
 if TYPE_CHECKING:
+    from .schedules import Schedule
     from .worker import Handler
 
 logger = logging.getLogger(__name__)
@@ -185,19 +187,25 @@ class Queue:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def trigger(self, key: str, status: str = "pending", *, time_limit: float | None = None) -> str:
+    def trigger(
+        self, key: str, status: str = "pending", *, time_limit: float | None = None,
+        delay: float | timedelta | None = None, at: datetime | None = None, priority: str | None = None,
+    ) -> str:
         """Send the input stored under ``in/<key>`` to a status queue; return the job id.
 
-        The job id is the key: stable across deliveries and stages. ``time_limit`` is as for
-        :meth:`submit`.
+        The job id is the key: stable across deliveries and stages. ``time_limit``, ``delay``,
+        ``at`` and ``priority`` are as for :meth:`submit`.
 
         Raises:
             UnknownStatus: the status is not configured. NotFound: nothing is stored at the key.
         """
-        return self.trigger_many([key], status, time_limit=time_limit)[0]
+        return self.trigger_many([key], status, time_limit=time_limit, delay=delay, at=at,
+                                 priority=priority)[0]
 
     def submit(
-        self, data: Mapping[str, Any], status: str = "pending", *, time_limit: float | None = None
+        self, data: Mapping[str, Any], status: str = "pending", *, time_limit: float | None = None,
+        delay: float | timedelta | None = None, at: datetime | None = None, priority: str | None = None,
+        dedup_key: str | None = None,
     ) -> str:
         """Submit one job: its input and metadata, then its message; return the job id.
 
@@ -212,14 +220,36 @@ class Queue:
         :class:`~remotejob.TimeLimitExceeded` error, retried like any failure. None: the
         worker's own limit, if any.
 
+        ``delay`` (seconds or a ``timedelta``) or ``at`` (a datetime with a timezone): the job
+        starts no earlier than then; ``status()`` says ``scheduled`` (with ``.due``) until then,
+        and ``cancel()`` works until it starts. Any delay: up to 15 minutes the queue holds the
+        message itself; beyond, it waits in the store and a worker sends it when it is due
+        within 15 minutes (see ``Worker(schedule_check=)``).
+
+        ``priority``: ``"high"``, ``"normal"`` (the default) or ``"low"``; workers take higher
+        priorities first, without starving lower ones (see the README's "Priorities").
+
+        ``dedup_key``: while a job submitted with the same key is scheduled, pending or running,
+        return that job's id instead of submitting another; once it has finished, the key makes
+        a new job (see the README's "Dedup keys"). The job's id is then generated (``data``
+        may not have a ``key``).
+
         Raises:
             Everything store() and trigger() raise; nothing is left stored if triggering fails.
-            ValueError: ``time_limit`` is not a positive number.
+            ValueError: ``time_limit`` is not a positive number; a negative delay, a naive
+                ``at``, both ``delay`` and ``at``, an unknown priority.
         """
-        return self.submit_many([data], status, time_limit=time_limit)[0]
+        if dedup_key is not None:
+            due = timers.due_time(delay, at, time.time())
+            return dedup.submit(self.context, data, status, dedup_key, time_limit=time_limit, due=due,
+                                priority=priority)
+        return self.submit_many([data], status, time_limit=time_limit, delay=delay, at=at,
+                                priority=priority)[0]
 
     def submit_many(
-        self, items: Iterable[Mapping[str, Any]], status: str = "pending", *, time_limit: float | None = None
+        self, items: Iterable[Mapping[str, Any]], status: str = "pending", *,
+        time_limit: float | None = None, delay: float | timedelta | None = None, at: datetime | None = None,
+        priority: str | None = None,
     ) -> list[str]:
         """Submit many jobs, sending their messages in batches (up to 10 per SQS request).
 
@@ -227,15 +257,19 @@ class Queue:
         checked before anything is stored. The generated ids share one manifest object, so a
         batch of small jobs costs one S3 request in all. If sending fails, the jobs not yet sent are removed
         again (their generated inputs and records) and the error is raised; jobs sent before
-        stay submitted (a warning says how many). ``time_limit`` applies to every job.
+        stay submitted (a warning says how many). ``time_limit``, ``delay``, ``at`` and
+        ``priority`` (as for :meth:`submit`) apply to every job.
         """
-        return batch.submit_many(self.context, items, status, time_limit)
+        due = timers.due_time(delay, at, time.time())
+        return batch.submit_many(self.context, items, status, time_limit, due=due, priority=priority)
 
     def trigger_many(
-        self, job_keys: Iterable[str], status: str = "pending", *, time_limit: float | None = None
+        self, job_keys: Iterable[str], status: str = "pending", *, time_limit: float | None = None,
+        delay: float | timedelta | None = None, at: datetime | None = None, priority: str | None = None,
     ) -> list[str]:
         """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
-        return batch.trigger_many(self.context, job_keys, status, time_limit)
+        due = timers.due_time(delay, at, time.time())
+        return batch.trigger_many(self.context, job_keys, status, time_limit, due=due, priority=priority)
 
     def cancel(self, job_id: str, reason: str | None = None) -> JobStatus:
         """Cancel a job: a queued job never runs, a running one is asked to stop.
@@ -268,6 +302,45 @@ class Queue:
         """
         validate_key(job_id)
         return control.retry(self.context, job_id)
+
+    def every(
+        self, name: str, *, cron: str, data: Mapping[str, Any] | None = None, status: str = "pending",
+        missed: str = "latest", time_limit: float | None = None, priority: str | None = None,
+    ) -> Schedule:
+        """Submit a job on every tick of ``cron`` (UTC), with no scheduler process: the
+        schedule lives in the store as ``schedules/<name>`` and every worker serves it
+        (``Worker(schedule_check=)``); each tick makes exactly one job, whose id is
+        ``<name>@<YYYYMMDDTHHMMSSZ>`` (so job ids ``<name>@...`` are the schedule's).
+
+        ``cron``: 5 fields (``minute hour day-of-month month day-of-week``, e.g. ``"0 2 * * *"``),
+        or 6 with seconds first. ``data`` is like ``submit()``'s (no ``key``); None: an empty
+        input. ``missed``: what runs of the ticks missed while no worker ran: ``"latest"`` (the
+        latest one, once), ``"all"`` (each, the 100 latest at most) or ``"skip"``; a tick at
+        most 5 minutes late runs anyway. An existing schedule of that name is replaced (no tick
+        before the change runs); an identical one is left as it is. Returns the schedule.
+
+        Raises:
+            ValueError: an invalid name, cron expression, ``missed``, ``time_limit`` or
+                ``priority``. UnknownStatus: the status is not configured.
+        """
+        return schedules.add(self.context, name, cron, data, status, missed, time_limit, priority)
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule of this job system, by name."""
+        return schedules.list_all(self.context)
+
+    def schedule(self, name: str) -> Schedule:
+        """The schedule ``name`` (``.next_ticks()`` says when it runs next).
+
+        Raises:
+            NotFound: there is none. ValueError: an invalid name.
+        """
+        return schedules.get(self.context, name)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; return whether it existed. Its ticks already sent
+        (those due within a few minutes) still run: cancel them by id if need be."""
+        return schedules.remove(self.context, name)
 
     def next(self, status: str = "pending", timeout: float | None = None) -> Job | None:
         """Take the next job from a status queue, long-polling until one arrives.

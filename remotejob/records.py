@@ -80,19 +80,20 @@ def _put(store: ObjectStore, key: str, doc: Mapping[str, Any]) -> None:
 
 
 def create_queued(
-    store: ObjectStore, job_id: str, status: str, now: float, meta: Mapping[str, str] | None = None
+    store: ObjectStore, job_id: str, status: str, now: float, meta: Mapping[str, str] | None = None, *,
+    due: float | None = None, priority: str | None = None, extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Create the ``queued`` record of a job whose caller chose its id, once (with the job's
-    metadata, so that a job list can show and filter it without reading the input).
+    metadata, so that a job list can show and filter it without reading the input). ``due``:
+    when a delayed job may start (``status()`` says ``scheduled`` until then); ``extra``: more
+    fields for the record.
 
     Raises:
         AlreadyExists: the job id was submitted or triggered before (a job id runs once).
     """
-    record: dict[str, Any] = {"job": job_id, "state": "pending", "status": status, "created": now,
-                              "updated": now}
-    if meta:
-        record["meta"] = dict(meta)
-    if claim(store, keys.record_key(job_id, "queued"), record, owner="created") is None:
+    record = _queued(job_id, status, now, now, 0, meta, due, priority, extra)
+    record["token"] = uuid.uuid4().hex
+    if claim(store, keys.record_key(job_id, "queued"), record, owner="token") is None:
         return
     raise AlreadyExists(
         f"job {job_id!r} was triggered before, and a job id runs once: store the input under "
@@ -107,17 +108,31 @@ def forget_queued(store: ObjectStore, job_id: str) -> None:
 
 def write_queued(
     store: ObjectStore, job_id: str, status: str, created: float, updated: float, retry: int = 0,
-    meta: Mapping[str, str] | None = None,
+    meta: Mapping[str, str] | None = None, *, due: float | None = None, priority: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Say the job waits in ``status`` (a hand-on, a redrive or a retry); the same arguments
     write the same bytes, so a repeated hand-on changes nothing."""
+    _put(store, keys.record_key(job_id, "queued"),
+         _queued(job_id, status, created, updated, retry, meta, due, priority, extra))
+
+
+def _queued(
+    job_id: str, status: str, created: float, updated: float, retry: int, meta: Mapping[str, str] | None,
+    due: float | None, priority: str | None, extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     doc: dict[str, Any] = {"job": job_id, "state": "pending", "status": status, "created": created,
                            "updated": updated}
     if retry:
         doc["retry"] = retry
     if meta:
         doc["meta"] = dict(meta)
-    _put(store, keys.record_key(job_id, "queued"), doc)
+    if due is not None:
+        doc["due"] = due
+    if priority is not None:
+        doc["priority"] = priority
+    doc.update(extra or {})
+    return doc
 
 
 def claim_cancel(
@@ -264,7 +279,8 @@ once a worker has recorded them)."""
 
 def write_manifest(
     store: ObjectStore, batch_id: str, count: int, status: str, now: float, *, if_absent: bool,
-    missing: Sequence[int] = (), meta: Sequence[Mapping[str, str]] = (),
+    missing: Sequence[int] = (), meta: Sequence[Mapping[str, str]] = (), due: float | None = None,
+    priority: str | None = None,
 ) -> None:
     """Write the manifest of a submitted batch: its first ``count`` generated ids are jobs, but
     for the ``missing`` ones (not sent); ``meta`` is each generated job's metadata, in order
@@ -273,6 +289,10 @@ def write_manifest(
                            "status": status, "created": now, "updated": now}
     if missing:
         doc["missing"] = sorted(missing)
+    if due is not None:
+        doc["due"] = due
+    if priority is not None:
+        doc["priority"] = priority
     if any(meta):
         if all(m == meta[0] for m in meta):
             doc["meta"] = dict(meta[0])
@@ -359,6 +379,11 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
                                 message=progress.get("message"), updated=float(progress["updated"]))
         if doc.get("published") is False:
             state = "inprogress"  # the outcome is settled; its outputs are being published
+        due = doc.get("due")
+        due = None if due is None else float(due)
+        if state == "pending" and due is not None and due > time.time():
+            state = "scheduled"
+        priority = doc.get("priority")
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         meta = doc.get("meta") or {}
@@ -382,6 +407,8 @@ def decode_status(job_id: str, raw: bytes) -> JobStatus:
             meta={str(k): str(v) for k, v in meta.items()},
             traceback=None if doc.get("traceback") is None else str(doc["traceback"]),
             input_size=None if size is None else int(size),
+            due=due,
+            priority=None if priority is None else str(priority),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise RemoteJobError(f"status record of job {job_id!r} is corrupt: {exc}") from exc

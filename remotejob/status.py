@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-STATES = ("pending", "inprogress", "completed", "failed", "cancelled")
+STATES = ("scheduled", "pending", "inprogress", "completed", "failed", "cancelled")
 DONE = ("completed", "failed", "cancelled")
 
 
@@ -64,7 +64,8 @@ class JobStatus:
 
     id: str
     state: str
-    """One of ``pending``, ``inprogress``, ``completed``, ``failed``, ``cancelled``."""
+    """One of ``scheduled`` (submitted with a delay that has not passed: see ``due``),
+    ``pending``, ``inprogress``, ``completed``, ``failed``, ``cancelled``."""
     status: str
     """The status queue the job was last sent to."""
     created: float
@@ -94,6 +95,10 @@ class JobStatus:
     16 KiB of it), or None."""
     input_size: int | None = None
     """Bytes of input the worker read (known once a worker opened it), or None."""
+    due: float | None = None
+    """For a job submitted with a delay: when it may start, seconds since the epoch."""
+    priority: str | None = None
+    """``"high"`` or ``"low"`` for a job submitted with that priority; None for normal."""
 
     @property
     def done(self) -> bool:

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import dead, journal, lifecycle, records, tracing
+from . import dead, journal, levels, lifecycle, records, tracing
 from .backends.base import Message
 from .batch import check_time_limit
+from .clock import Clock
 from .errors import AlreadyExists, Cancelled, ConfigError, RemoteJobError, TimeLimitExceeded
 from .job import Job
 from .lease import Heartbeat
@@ -100,6 +101,12 @@ class Worker:
             or the process ends; needs ``pip install 'remotejob[metrics]'``. The metrics are
             listed in ``remotejob.metrics``. None (the default): no metrics, no cost.
         metrics_host: the address to serve them on.
+        schedule_check: every this many seconds (with 10% jitter), on a thread of its own,
+            dispatch the jobs submitted with a delay longer than the queue's own (15 minutes)
+            that are now due within it, and create the periodic jobs' ticks now due (see
+            ``Queue.every``): one LIST of ``timers/`` and one of ``schedules/`` per check. Any
+            number of workers may do this at once. None: this worker does neither (at least one
+            worker of the job system should).
 
     Raises:
         UnknownStatus: the status is not configured.
@@ -125,6 +132,7 @@ class Worker:
         cancel_check: float = 5.0,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        schedule_check: float | None = 60.0,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
@@ -147,6 +155,8 @@ class Worker:
         if cancel_grace < 0 or not cancel_check > 0:
             raise ConfigError(f"need cancel_grace >= 0 and cancel_check > 0 seconds, got {cancel_grace!r} "
                               f"and {cancel_check!r}")
+        if schedule_check is not None and (isinstance(schedule_check, bool) or not schedule_check > 0):
+            raise ConfigError(f"schedule_check must be > 0 seconds or None, got {schedule_check!r}")
         try:
             self.time_limit = check_time_limit(time_limit)
         except ValueError as exc:
@@ -186,6 +196,7 @@ class Worker:
         self._pool: HandlerPool[Job] = HandlerPool(0, self._execute, "remotejob-handler")
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
+        self._clock = None if schedule_check is None else Clock(self.ctx, schedule_check)
         self.metrics: WorkerMetrics | None = None
         """This worker's Prometheus metrics (``metrics_port``), else None."""
         if metrics_port is not None:
@@ -232,6 +243,8 @@ class Worker:
         self._heartbeat.start()
         self._watch.start()
         self._outbox.start()
+        if self._clock is not None:
+            self._clock.start()
         self._receiving = True
         receiver = threading.Thread(target=self._receive_loop, args=(pool,), name="remotejob-receiver",
                                     daemon=True)
@@ -248,6 +261,8 @@ class Worker:
             self._outbox.close()  # first: finished jobs stay held until their messages are deleted
             if self.ctx.journal is not None:  # what this run wrote is in the journal once it returns
                 self.ctx.journal.flush()
+            if self._clock is not None:
+                self._clock.stop()
             self._watch.stop()
             self._heartbeat.stop()
             self._restore_signals(previous)
@@ -281,7 +296,7 @@ class Worker:
     def _let_go(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._heartbeat.release(job)
-        self._make_visible([job.receipt for job in jobs])
+        self._make_visible([(job.delivery.queue, job.receipt) for job in jobs])
 
     def _install_signals(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
@@ -316,6 +331,7 @@ class Worker:
         return min(room, 10)
 
     def _receive_loop(self, pool: HandlerPool[Job]) -> None:
+        poller = levels.Poller(self.ctx, self.status, self._stopping)  # the status's priority levels
         try:
             while not self._stop_level:
                 self._prune_journal()
@@ -323,11 +339,8 @@ class Worker:
                 if self._stop_level or free <= 0:
                     break
                 wait = BURST_WAIT_S if self.burst else max(1, self.ctx.wait_time)
-                polled_at = time.time()
                 try:
-                    messages = self.ctx.queues.receive(
-                        self.queue_name, free, wait, self.ctx.visibility_timeout, self._stopping
-                    )
+                    messages = poller.receive(free, wait)
                 except RemoteJobError as exc:
                     logger.error("cannot receive from %s: %s; retrying in %s s", self.queue_name, exc,
                                  _ERROR_PAUSE_S)
@@ -339,16 +352,17 @@ class Worker:
                     break
                 if not messages:
                     self._sweep_dead_letters()
-                if not messages and self.burst and self._idle(polled_at):
+                quiet = poller.quiet_since  # every level long-polled empty since then
+                if not messages and self.burst and quiet is not None and self._idle(quiet):
                     break
-                for index, message in enumerate(messages):
+                for index, (queue, message) in enumerate(messages):
                     if self._stop_level:  # stopped while handing these out: the rest go back
                         self._give_back(messages[index:])
                         break
                     try:
-                        self._dispatch(message, pool)
+                        self._dispatch(message, pool, queue)
                     except RemoteJobError as exc:  # it stays in the queue and comes back
-                        logger.error("could not hand a message from %s on: %s", self.queue_name, exc)
+                        logger.error("could not hand a message from %s on: %s", queue, exc)
         finally:
             with self._cond:
                 self._receiving = False
@@ -384,31 +398,36 @@ class Worker:
         with self._cond:
             return not self._running and polled_at >= self._retry_until
 
-    def _give_back(self, messages: list[Message]) -> None:
-        self._make_visible([message.receipt for message in messages])
+    def _give_back(self, messages: list[levels.Received]) -> None:
+        self._make_visible([(queue, message.receipt) for queue, message in messages])
 
-    def _make_visible(self, receipts: list[str]) -> None:
-        """Make deliveries visible again at once (ten per request), e.g. while stopping."""
-        for start in range(0, len(receipts), 10):
-            try:
-                self.ctx.queues.change_visibility_batch(
-                    self.queue_name, [(receipt, 0) for receipt in receipts[start:start + 10]]
-                )
-            except RemoteJobError as exc:
-                logger.warning("could not give back messages while stopping: %s", exc)
+    def _make_visible(self, receipts: list[tuple[str, str]]) -> None:
+        """Make deliveries, ``(queue, receipt)``, visible again at once (ten per request), e.g.
+        while stopping."""
+        by_queue: dict[str, list[str]] = {}
+        for queue, receipt in receipts:
+            by_queue.setdefault(queue, []).append(receipt)
+        for queue, held in by_queue.items():
+            for start in range(0, len(held), 10):
+                try:
+                    self.ctx.queues.change_visibility_batch(
+                        queue, [(receipt, 0) for receipt in held[start:start + 10]]
+                    )
+                except RemoteJobError as exc:
+                    logger.warning("could not give back messages while stopping: %s", exc)
 
-    def _dispatch(self, message: Message, pool: HandlerPool[Job]) -> None:
-        envelope = self.ctx.open(self.queue_name, message)
+    def _dispatch(self, message: Message, pool: HandlerPool[Job], queue: str) -> None:
+        envelope = self.ctx.open(queue, message)
         if envelope is None:
             if self.metrics is not None:
                 self.metrics.outcome(self.status, "dead_lettered")  # refused: see Context.open
             return
         delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit,
-                            observer=self.metrics)
+                            observer=self.metrics, source=queue)
         job = Job(delivery)
         delivery.owner = job
         if envelope.kind != "job":
-            logger.warning("a completion notice in %s is not a job; removing it", self.queue_name)
+            logger.warning("a completion notice in %s is not a job; removing it", queue)
             job.acknowledge()
             return
         with self._cond:

@@ -11,6 +11,7 @@ policy `remotejob iam-policy --role ROLE` prints, plus one statement moto needs 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -248,6 +249,42 @@ def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: P
     admin.message_queue.purge(pending)
 
 
+def test_policies_cover_delays_schedules_and_dedup_keys(system: JobSystem) -> None:
+    """A submitter parks a far-future job, adds a schedule with a stored input and submits with
+    a dedup key; a worker, under its own policy, dispatches the timer, makes the ticks (copying
+    their input) and runs everything."""
+    submitter, worker = system.user("submitter"), system.user("worker")
+    sub = system.connect(submitter)
+    sub.context.max_delay_s = 1  # parked in the store, as a delay over 15 minutes would be
+    parked = sub.submit({"body": b"later"}, delay=1.5)
+    root = system.connect(system.moto.root).object_store
+    assert len(list(root.list("timers/"))) == 1
+    deduped = sub.submit({"body": b"once"}, dedup_key="nightly")
+    assert sub.submit({"body": b"again"}, dedup_key="nightly") == deduped
+    sub.every("tick", cron="* * * * * *", data={"body": b"t" * (200 * 1024)})  # stored, then copied
+    ran: set[bytes] = set()
+
+    def handler(job: remotejob.Job) -> None:
+        ran.add(job.open().read()[:5])
+
+    wq = system.connect(worker)
+    w = remotejob.Worker(wq, handler, schedule_check=0.2, handle_signals=False)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        assert sub.wait(parked, timeout=30).state == "completed"
+        assert sub.wait(deduped, timeout=30).state == "completed"
+        deadline = time.monotonic() + 30
+        while b"ttttt" not in ran:
+            assert time.monotonic() < deadline, "no tick ran under the worker's policy"
+            time.sleep(0.05)
+    finally:
+        w.stop()
+        thread.join(30)
+    assert sub.unschedule("tick")
+    assert list(root.list("timers/")) == []  # the worker deleted the timer it sent
+
+
 def test_submitter_policy_submits_and_reads_but_takes_no_jobs(system: JobSystem) -> None:
     submitter = system.user("submitter")
     sub = system.connect(submitter)
@@ -332,11 +369,13 @@ def test_policies_are_scoped_to_the_prefix_and_queues() -> None:
     worker = actions(policy("worker", where))
     assert worker["s3:PutObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*",
                                       "arn:aws:s3:::my-bucket/jobs/out/*",
-                                      "arn:aws:s3:::my-bucket/jobs/journal/*"}
+                                      "arn:aws:s3:::my-bucket/jobs/journal/*",
+                                      "arn:aws:s3:::my-bucket/jobs/in/*@*"}  # a tick's input, copied
     assert worker["s3:DeleteObject"] == {"arn:aws:s3:::my-bucket/jobs/jobs/*/attempts/*",
                                          "arn:aws:s3:::my-bucket/jobs/jobs/*/progress",
                                          "arn:aws:s3:::my-bucket/jobs/cancels/*",
-                                         "arn:aws:s3:::my-bucket/jobs/journal/*"}
+                                         "arn:aws:s3:::my-bucket/jobs/journal/*",
+                                         "arn:aws:s3:::my-bucket/jobs/timers/*"}
     assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:SendMessage*"]
     assert "arn:aws:sqs:eu-west-1:123456789012:photos-dead" in worker["sqs:ReceiveMessage"]
     for forbidden in ("sqs:PurgeQueue", "sqs:DeleteQueue", "sqs:SetQueueAttributes", "sqs:CreateQueue",

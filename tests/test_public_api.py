@@ -32,6 +32,7 @@ def test_all_names() -> None:
             "Progress",
             "Queue",
             "RemoteJobError",
+            "Schedule",
             "StoredObject",
             "TimeLimitExceeded",
             "UncertainResult",

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .. import keys
+from .. import keys, levels
 from ..cost import PRICES_TAKEN, Cost, price_per_million
 from ..cost import probe as cost_probe
 from ..queue import Queue
@@ -26,7 +26,8 @@ def _counts() -> dict[str, int]:
                    "$ per million jobs.")
 @pass_context
 def stats(ctx: Context, as_json: bool, probe: int | None) -> None:
-    """Per status queue: messages waiting, in flight and delayed; dead letters; on AWS, the
+    """Per status queue (and its priority levels' queues, once they exist): messages waiting, in
+    flight and delayed; dead letters; on AWS, the
     requests this command made by operation; with --probe, what a job costs.
 
     \b
@@ -39,11 +40,15 @@ def stats(ctx: Context, as_json: bool, probe: int | None) -> None:
         q = ctx.connect()
         q.init()
         rows: list[dict[str, Any]] = []
+        found = levels.level_depths(q.context)  # the priority levels' queues that exist
         for status in q.statuses:
-            name = keys.queue_name(q.name, status)
-            depth = q.message_queue.depth(name)
-            rows.append({"queue": name, "status": status, "waiting": depth.waiting,
-                         "in_flight": depth.in_flight, "delayed": depth.delayed})
+            for level in (None, "high", "low"):
+                name = keys.queue_name(q.name, status, level)
+                depth = found.get(f"{status}-{level}") if level else q.message_queue.depth(name)
+                if depth is not None:
+                    rows.append({"queue": name, "status": status, "priority": level or "normal",
+                                 "waiting": depth.waiting, "in_flight": depth.in_flight,
+                                 "delayed": depth.delayed})
         dead = q.message_queue.depth(keys.dead_letter_name(q.name))
         doc: dict[str, Any] = {"name": q.name, "store": q.object_store.location, "queues": rows,
                "dead_letters": dead.waiting + dead.in_flight + dead.delayed, "requests": _counts()}

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import records
+from .. import records, timers
 from ..errors import InvalidKey, NotFound, NotRetryable, WaitTimeout
 from ..queue import Queue
-from ..status import JobStatus
+from ..status import STATES, JobStatus
 from .app import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -57,7 +57,8 @@ def init(ctx: Context, as_json: bool) -> None:
         click.echo(f"queue: {name}")
 
 
-def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+def parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``--meta KEY=VALUE`` options as a mapping (click's BadParameter for a malformed one)."""
     meta: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -80,9 +81,19 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="Each attempt may run S seconds; past it the job is stopped and the attempt fails "
                    "(and is retried) [default: the worker's --time-limit].")
+@click.option("--delay", default=None, metavar="DURATION",
+              help="Start no earlier than DURATION from now: 90s, 15m, 2h, 3d, 1w, 1h30m (any length).")
+@click.option("--at", "at_", default=None, metavar="TIME",
+              help="Start no earlier than TIME, ISO 8601 with a zone: 2026-12-01T09:00Z.")
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
+              help="Workers take higher priorities first, never starving lower ones [default: normal].")
+@click.option("--dedup-key", default=None, metavar="KEY",
+              help="While a job submitted with KEY is scheduled, pending or running, print its id "
+                   "instead of submitting another (one FILE only).")
 @pass_context
 def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], status: str, wait_: bool,
-           timeout: float | None, fetch_dir: str | None, time_limit: float | None) -> None:
+           timeout: float | None, fetch_dir: str | None, time_limit: float | None, delay: str | None,
+           at_: str | None, priority: str | None, dedup_key: str | None) -> None:
     """Submit one job per FILE ('-' reads stdin); print one job id per line.
 
     \b
@@ -91,14 +102,33 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
       remotejob submit scan.pdf --wait --fetch results/
       tar c data | remotejob submit - --meta name=backup
       remotejob submit big.csv --time-limit 3600
+      remotejob submit report.json --delay 2h --priority low
+      remotejob submit report.json --at 2026-12-01T09:00Z --dedup-key report-2026-12
     """
-    meta = _parse_meta(meta_pairs)
+    meta = parse_meta(meta_pairs)
     for name in files:
         if name != "-" and not os.path.isfile(name):
             ctx.fail(f"{name}: no such file (check the path)", 2)
+    options: dict[str, Any] = {"time_limit": time_limit, "priority": priority}
+    if delay is not None and at_ is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    try:
+        if delay is not None:
+            options["delay"] = timers.parse_duration(delay)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--delay") from None
+    try:
+        if at_ is not None:
+            options["at"] = timers.parse_time(at_)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at") from None
+    if dedup_key is not None:
+        if len(files) != 1:
+            raise click.UsageError("--dedup-key submits one job: give one FILE")
+        options["dedup_key"] = dedup_key
     with ctx.errors():
         q = ctx.connect()
-        ids = _submit_all(q, files, meta, status, time_limit)
+        ids = _submit_all(q, files, meta, status, options)
         if wait_ or fetch_dir:
             done = wait_all(q, ids, timeout)
             failed = _report(done.values(), quiet_ok=True)
@@ -111,27 +141,31 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
 
 
 def _submit_all(
-    q: Queue, files: Sequence[str], meta: dict[str, str], status: str, time_limit: float | None = None
+    q: Queue, files: Sequence[str], meta: dict[str, str], status: str,
+    options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Submit the files (big ones one by one with a progress bar, the rest in batches); print
-    and return the job ids in FILE order."""
+    and return the job ids in FILE order. ``options``: ``submit()``'s keywords."""
+    options = dict(options or {})
     small = [i for i, n in enumerate(files) if n == "-" or os.path.getsize(n) < PROGRESS_MIN_BYTES]
+    if "dedup_key" in options:
+        small = []  # submit() alone takes a dedup key
     ids: dict[int, str] = {}
     if small:
         items = [{"body": sys.stdin.buffer, **meta} if files[i] == "-"
                  else {"body": Path(files[i]), "filename": Path(files[i]).name, **meta} for i in small]
-        ids.update(zip(small, q.submit_many(items, status=status, time_limit=time_limit), strict=True))
+        ids.update(zip(small, q.submit_many(items, status=status, **options), strict=True))
     for i, name in enumerate(files):
         if i not in ids:
-            ids[i] = _submit_one(q, name, meta, status, time_limit)
+            ids[i] = _submit_one(q, name, meta, status, options)
         click.echo(ids[i])
     sys.stdout.flush()
     return [ids[i] for i in range(len(files))]
 
 
-def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str, time_limit: float | None) -> str:
+def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str, options: Mapping[str, Any]) -> str:
     if name == "-":
-        job_id = q.submit({"body": sys.stdin.buffer, **meta}, status=status, time_limit=time_limit)
+        job_id = q.submit({"body": sys.stdin.buffer, **meta}, status=status, **options)
     else:
         path = Path(name)
         size = path.stat().st_size
@@ -139,8 +173,7 @@ def _submit_one(q: Queue, name: str, meta: dict[str, str], status: str, time_lim
             stream: Any = body
             if size >= PROGRESS_MIN_BYTES:
                 stream = ProgressReader(body, bar, bar.add_task(f"upload {path.name}", total=size))
-            job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status,
-                              time_limit=time_limit)
+            job_id = q.submit({"body": stream, "filename": path.name, **meta}, status=status, **options)
     return job_id
 
 
@@ -202,7 +235,7 @@ def status_doc(st: JobStatus) -> dict[str, Any]:
             "done": st.progress.done, "total": st.progress.total, "message": st.progress.message,
             "updated": st.progress.updated},
         "run": st.run,
-        "input_size": st.input_size, "traceback": st.traceback,
+        "input_size": st.input_size, "traceback": st.traceback, "due": st.due, "priority": st.priority,
         "history": [{"state": a.state, "error": a.error, "worker": a.worker, "attempt": a.attempt,
                      "started": a.started, "updated": a.updated} for a in st.history],
     }
@@ -226,7 +259,7 @@ def progress_text(st: JobStatus, now: float) -> str:
     """A job's latest progress as the tables show it: ``40/100 (40%) resizing, 5s ago``."""
     p = st.progress
     if p is None:
-        return ""
+        return f"due in {_age(max(0.0, st.due - now))}" if st.state == "scheduled" and st.due else ""
     text = progress_count(p) + (f" {_summary(p.message, 40)}" if p.message else "")
     return text if st.done else f"{text}, {_age(max(0.0, now - p.updated))} ago"
 
@@ -459,7 +492,7 @@ def fetch_to_stdout(q: Queue, st: JobStatus, asset: str) -> None:
 
 
 @main.command(name="ls")
-@click.option("--state", type=click.Choice(["pending", "inprogress", "completed", "failed", "cancelled"]),
+@click.option("--state", type=click.Choice(list(STATES)),
               default=None,
               help="Only jobs in this state.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most N jobs.")

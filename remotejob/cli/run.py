@@ -72,12 +72,19 @@ def _load_handler(target: str) -> Handler:
               help="Serve Prometheus metrics at http://HOST:N/metrics (needs remotejob[metrics]).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="The address --metrics-port listens on.")
+@click.option("--schedule-check", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, metavar="S",
+              help="Send parked far-future jobs and make periodic jobs' ticks this often (one LIST "
+                   "of timers/ and one of schedules/ each time).")
+@click.option("--no-schedules", is_flag=True,
+              help="Neither send parked jobs nor make ticks (other workers do).")
 @pass_context
 def worker(
     ctx: Context, target: str | None, command: str | None, shell: bool, timeout: float | None, status: str,
     concurrency: int, prefetch: int | None, burst: bool, max_jobs: int | None, max_attempts: int,
     retry_delay: float, grace_period: float, dead_letter_check: float, time_limit: float | None,
     cancel_grace: float, cancel_check: float, metrics_port: int | None, metrics_host: str,
+    schedule_check: float, no_schedules: bool,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -132,6 +139,7 @@ def worker(
             # (and the group to be gone) before it goes on without the handler
             cancel_grace=cancel_grace + (KILL_MARGIN_S if command is not None else 0.0),
             metrics_port=metrics_port, metrics_host=metrics_host,
+            schedule_check=None if no_schedules else schedule_check,
         )
         if runner.metrics is not None:
             click.echo(f"serving metrics on http://{metrics_host}:{runner.metrics.port}/metrics", err=True)

@@ -7,7 +7,8 @@ store on every page view.
 - **Refresh** (every ``refresh_s`` while someone looks at a page, once a minute otherwise): one
   LIST of the journal (``journal.py``) from a few minutes before its newest entry, a GET of each
   entry not read yet, a GET of each job those entries name, and the queues' depths (one
-  ``GetQueueAttributes`` per queue). Idle (no jobs changing) that is one LIST plus one request per
+  ``GetQueueAttributes`` per queue; a status's depth includes its priority levels' queues, each
+  looked for once a minute until it exists). Idle (no jobs changing) that is one LIST plus one request per
   queue per refresh.
 
 Pages read only the index, so the first page and any filter answer from SQLite, whatever the
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import journal, keys, records
+from .. import journal, keys, levels, records
 from ..backends.base import QueueDepth
 from ..context import Context
 from ..errors import NotFound, RemoteJobError
@@ -139,6 +140,8 @@ class Index:
         self._lock = threading.RLock()
         self._setup()
         self.depths: dict[str, QueueDepth | None] = {}
+        """Each status's queue depth, its priority levels' queues included; and ``dead``'s."""
+        self._missing_levels: dict[str, float] = {}
         self.synced_at = 0.0
         """When the index last finished a refresh (0: never)."""
         self.scanned_at = 0.0
@@ -402,6 +405,9 @@ class Index:
             except RemoteJobError as exc:
                 logger.warning("could not read the depth of %s: %s", status, exc)
                 depths[status] = None
+        for label, extra in levels.level_depths(self.ctx, self._missing_levels).items():
+            status = label.rsplit("-", 1)[0]
+            depths[status] = _added(depths.get(status), extra)
         self.depths = depths
 
     def _prune_journal(self) -> None:
@@ -522,3 +528,12 @@ class _Transaction:
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _added(depth: QueueDepth | None, extra: QueueDepth) -> QueueDepth | None:
+    """A status queue's depth with one of its priority levels' added (None stays unknown)."""
+    if depth is None:
+        return None
+    ages = [a for a in (depth.oldest_age_s, extra.oldest_age_s) if a is not None]
+    return QueueDepth(depth.waiting + extra.waiting, depth.in_flight + extra.in_flight,
+                      depth.delayed + extra.delayed, max(ages) if ages else None)
