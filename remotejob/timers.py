@@ -29,9 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +51,10 @@ PARK_MAX_MESSAGES = 500
 """Messages one timer object holds at most (a larger submit writes several)."""
 PARK_MAX_BYTES = 8 * 1024 * 1024
 """Bytes of messages one timer object holds at most."""
-DISPATCH_MAX = 100
+DISPATCH_MAX = 1000
 """Timer objects one dispatch sends at most (the next check goes on)."""
+DISPATCHERS = 8
+"""Timer objects one dispatch sends at once."""
 _PUT_TRIES = 5
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -167,27 +171,39 @@ def park(ctx: Context, status: str, priority: str | None, due: float, messages: 
 def dispatch(ctx: Context, now: float | None = None) -> int:
     """Send the parked jobs due within the queue's own delay; return how many messages were sent.
 
-    A timer whose messages could not all be sent stays, and the next dispatch sends it again
-    (its jobs run once: see the module docstring).
+    Up to :data:`DISPATCH_MAX` timers per call, :data:`DISPATCHERS` at a time: the overdue ones
+    first, then the others in a random order, so that workers dispatching at once mostly take
+    different timers (a timer another worker took is gone: one GET finds that). A timer whose
+    messages could not all be sent stays, and the next dispatch sends it again (its jobs run
+    once: see the module docstring).
     """
     now = time.time() if now is None else now
-    sent = 0
-    done = 0
+    overdue: list[str] = []
+    upcoming: list[str] = []
     for info in ctx.store.list(keys.TIMERS):
         due = keys.parse_timer(info.key)
         if due is None:
             continue
-        if due > now + ctx.max_delay_s or done >= DISPATCH_MAX:
+        if due > now + ctx.max_delay_s or len(overdue) + len(upcoming) >= DISPATCH_MAX:
             break
-        done += 1
-        try:
-            sent += _dispatch_one(ctx, info.key, now)
-        except RemoteJobError as exc:
-            logger.warning("could not dispatch parked jobs %s: %s; the next check tries again", info.key, exc)
-    return sent
+        (overdue if due <= now else upcoming).append(info.key)
+    random.shuffle(upcoming)  # noqa: S311 - spreading work, not secrecy
+    timers = overdue + upcoming
+    if len(timers) <= 1:
+        return sum(_dispatch_safely(ctx, key) for key in timers)
+    with ThreadPoolExecutor(min(DISPATCHERS, len(timers)), thread_name_prefix="remotejob-dispatch") as pool:
+        return sum(pool.map(lambda key: _dispatch_safely(ctx, key), timers))
 
 
-def _dispatch_one(ctx: Context, key: str, now: float) -> int:
+def _dispatch_safely(ctx: Context, key: str) -> int:
+    try:
+        return _dispatch_one(ctx, key)
+    except RemoteJobError as exc:
+        logger.warning("could not dispatch parked jobs %s: %s; the next check tries again", key, exc)
+        return 0
+
+
+def _dispatch_one(ctx: Context, key: str) -> int:
     try:
         with ctx.store.get(key) as obj:
             raw = obj.read()
@@ -202,7 +218,7 @@ def _dispatch_one(ctx: Context, key: str, now: float) -> int:
         logger.error("parked timer %s is not one remotejob can send (%s); left in place", key, exc)
         return 0
     queue = ctx.status_queue(status, priority)
-    delay = delay_for(due, ctx.max_delay_s, now)
+    delay = delay_for(due, ctx.max_delay_s)  # from the time of sending, not of the listing
     for batch in send_batches(bodies):
         ctx.queues.send_batch(queue, [OutgoingMessage(bodies[i], delay) for i in batch])
     ctx.store.delete(key)

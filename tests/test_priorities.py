@@ -115,7 +115,7 @@ def test_high_runs_first_under_saturation_and_low_is_not_starved(backend: Backen
 # -- the life of a job of each level ---------------------------------------------------------------
 
 
-@pytest.mark.backends("embedded", "aws-real-s3")
+@pytest.mark.backends("aws-real-s3")  # the queue a receipt belongs to matters on SQS
 def test_a_job_lives_and_dies_in_its_own_level_queue(backend: BackendSetup) -> None:
     q, faults, _ = connect(backend, max_attempts=2)
     failing = {"on": True}

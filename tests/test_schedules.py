@@ -255,6 +255,7 @@ def test_a_changed_schedule_runs_no_earlier_tick_and_a_removed_one_none(backend:
 # -- due times and costs ------------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")
 def test_no_tick_starts_before_it_is_due(backend: BackendSetup) -> None:
     connect, _ = _system(backend)
     q = connect()
