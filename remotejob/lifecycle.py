@@ -63,8 +63,9 @@ TRACEBACK_MAX = 16 * 1024
 """Bytes of a failed attempt's traceback kept in its record (the last ones)."""
 EARLY_WAIT_S = 1.0
 """A delivery seen at most this long before its job is due waits until then (message delays are
-whole seconds, so a delayed job's message arrives up to a second early); one seen earlier is
-given back until then."""
+whole seconds, so a delayed job's message arrives up to a second early: a worker holds it off
+its handler threads until then, ``Queue.next()`` waits); one seen earlier is given back until
+then."""
 EARLY_HOLD_MAX_S = 12 * 3600 - 120
 """The longest a delivery seen before its job is due is given back for (within the 12-hour cap)."""
 MESSAGE_ROOM = MAX_MESSAGE_BYTES - 16 * 1024

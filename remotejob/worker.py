@@ -437,7 +437,13 @@ class Worker:
             self.metrics.taken(self.status)
         self._heartbeat.hold(job)  # from now: it may wait for a handler (prefetch)
         self._watch.hold(job)
-        pool.submit(job)
+        early = 0.0 if envelope.due is None else envelope.due - time.time()
+        if 0 < early <= lifecycle.EARLY_WAIT_S:  # a delayed job's message arrives up to a second
+            timer = threading.Timer(early, pool.submit, (job,))  # early (delays are whole seconds):
+            timer.daemon = True  # held, it waits for its time without taking a handler thread
+            timer.start()
+        else:
+            pool.submit(job)
 
     # -- running ---------------------------------------------------------------------------
 
