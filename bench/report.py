@@ -970,6 +970,59 @@ def section_ui(results: Mapping[str, Any]) -> str:
     ])
 
 
+def section_scheduling(results: Mapping[str, Any]) -> str:
+    """Delays, periodic ticks, priorities and dedup keys (``python -m bench.scheduling``)."""
+    doc = results.get("scheduling")
+    if not doc:
+        return ""
+    lines = [
+        "## Scheduling", "",
+        f"`python -m bench.scheduling` (measured {doc.get('measured', '?')}; run on its own, not by "
+        "`./dev bench`): an idle worker (concurrency 8) and jobs due over the next "
+        f"{num(doc.get('spread_s'), 0)} s, once held by the queue itself (`delay` within its limit) "
+        f"and once parked in the store (the queue's limit lowered to {doc.get('parked_limit_s')} s and "
+        f"the clock's check to {num(doc.get('check_s'), 0)} s, so the 15-minute path runs in "
+        "seconds). Lateness = the handler's start - the job's due time.", "",
+    ]
+    rows, met = [], True
+    for setting in ("embedded", "moto"):
+        part = doc.get(setting)
+        if not part:
+            continue
+        for kind in ("in_queue", "parked"):
+            late = part.get(f"lateness_{kind}", {})
+            ok = late.get("early") == 0 and late.get("runs_max") == 1 and (late.get("p99_s") or 99) <= 2
+            met = met and ok
+            rows.append([setting, kind.replace("_", " "), str(late.get("jobs")), num(late.get("p50_s"), 3),
+                         num(late.get("p99_s"), 3), num(late.get("max_s"), 3), str(late.get("early")),
+                         str(late.get("runs_max"))])
+    lines += [table(["setting", "delay", "jobs", "p50 s", "p99 s", "max s", "early", "runs per job"], rows), "",
+              f"Target (issue 14): never early, p99 at most 2 s late with idle workers, one run per job: "
+              f"{'met' if met and rows else 'NOT met'}.", ""]
+    req_rows = []
+    for setting in ("embedded", "moto"):
+        for kind, r in (doc.get(setting) or {}).get("requests", {}).items():
+            req_rows.append([setting, kind, num(r.get("s3_per_job"), 2), num(r.get("sqs_per_job"), 2),
+                             ", ".join(f"{k} {v}" for k, v in r.get("by_op", {}).items())])
+    if req_rows:
+        lines += ["Requests per job over its whole life (submit, dispatch, run, outcome, one status read), "
+                  "counted by wrapping the store and the queues; the workers' fixed LISTs and receives "
+                  "(which do not grow with the jobs) are left out. Single submits (one manifest each); "
+                  "the journal's PUTs (about one a second per writing process) are in the S3 column.", "",
+                  table(["setting", "job", "S3 per job", "SQS per job", "by operation"], req_rows), ""]
+    prio_rows = []
+    for setting in ("embedded", "moto"):
+        for level, p in (doc.get(setting) or {}).get("priorities", {}).items():
+            prio_rows.append([setting, level, num(p.get("mean_position"), 3), num(p.get("first"), 3),
+                              num(p.get("last"), 3)])
+    if prio_rows:
+        lines += ["Priorities under saturation: the same number of high, normal and low jobs waiting "
+                  "before one worker (concurrency 1, no prefetch) starts; positions in the run order as "
+                  "fractions of it (0 = first, 1 = last).", "",
+                  table(["setting", "level", "mean position", "first", "last"], prio_rows), ""]
+    return "\n".join(lines).rstrip()
+
+
 def lead_section(old: str) -> str:
     """The lead's section of an earlier report, verbatim, or a placeholder under its heading."""
     match = re.search(rf"^{re.escape(LEAD_SECTION)}[ \t]*\n(.*?)(?=^## |\Z)", old, re.S | re.M)
@@ -992,7 +1045,8 @@ def render(results: Mapping[str, Any], old: str = "") -> str:
         intro += ["", control_measured_line(results)]
     sections: list[Callable[[Mapping[str, Any]], str]] = [
         section_targets, section_aws_latency, section_throughput, section_cpu, section_requests,
-        section_latency, section_idle, section_large, section_control, section_ui, section_errors,
+        section_latency, section_idle, section_large, section_control, section_ui, section_scheduling,
+        section_errors,
         section_counts,
     ]
     parts = ["\n".join(intro), *(s(results) for s in sections), section_machine(meta), lead_section(old)]
