@@ -158,6 +158,11 @@ def test_filters_find_jobs_by_state_queue_metadata_and_time(
     assert ui.job_ids("/jobs?meta=team%3Da&state=pending") == [c]
     assert ui.job_ids("/jobs?since=2000-01-01T00:00&until=2001-01-01T00:00") == []
     assert len(ui.job_ids("/jobs?since=2000-01-01T00:00")) == 3
+    later = q.submit_many([{"body": b"four"}], delay=3600)  # a batch: its manifest stands for it
+    keyed = q.submit({"body": b"five", "key": f"k-{a}"}, delay=3600)  # its own queued record
+    q.close()
+    ui.index.refresh()
+    assert set(ui.job_ids("/jobs?state=scheduled")) == {*later, keyed}
     page = ui.page("/jobs?state=bogus")
     assert "unknown state" in page, "a bad filter says what is wrong"
     assert "use YYYY-MM-DDTHH:MM" in ui.page("/jobs?since=yesterday")

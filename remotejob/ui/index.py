@@ -279,13 +279,15 @@ class Index:
         metas = raw.get("metas")  # each job's metadata, or one "meta" they all share
         if not (isinstance(metas, list) and len(metas) == count):
             metas = [raw.get("meta") or {}] * count
+        due = raw.get("due")
+        state = "scheduled" if isinstance(due, (int, float)) and due > time.time() else "pending"
         rows = []
         for n in range(count):
             job_id = keys.batch_job_id(batch_id, n)
             if n in missing or (recorded is not None and job_id in recorded):
                 continue
             meta = metas[n] if isinstance(metas[n], dict) else {}
-            rows.append(Row(job_id, "pending", status, created, created, None, None, None,
+            rows.append(Row(job_id, state, status, created, created, None, None, None,
                             {str(k): str(v) for k, v in meta.items()}, 0))
         return rows
 
