@@ -214,7 +214,7 @@ def test_a_tick_sent_twice_runs_once(backend: BackendSetup) -> None:
 
 
 @pytest.mark.parametrize(("missed", "late"), [("latest", [6]), ("all", [2, 3, 4, 5, 6]), ("skip", [])])
-@pytest.mark.backends("embedded", "aws-real-s3")
+@pytest.mark.backends("embedded")  # the policies are arithmetic over create-once records
 def test_missed_ticks_follow_the_policy(backend: BackendSetup, missed: str, late: list[int]) -> None:
     connect, _ = _system(backend)
     q = connect()
