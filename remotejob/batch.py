@@ -34,7 +34,7 @@ from typing import Any
 from . import keys, records, timers, tracing
 from .backends.base import OutgoingMessage
 from .bodies import BodyLike, Entry, Prepared, open_body, parse_entry
-from .context import Context
+from .context import Context, check_priority
 from .envelope import Envelope, encode
 from .errors import BatchPartlyFailed, NotFound, RemoteJobError, UncertainResult
 from .limits import MAX_MESSAGE_BYTES, send_batches
@@ -110,12 +110,7 @@ def _when(
 ) -> _When:
     queue = ctx.status_queue(status, priority)
     parked = due is not None and due - now > ctx.max_delay_s
-    return _When(status, queue, due, keys_priority(priority), once or parked, parked)
-
-
-def keys_priority(priority: str | None) -> str | None:
-    """The priority as envelopes and records carry it (None for normal)."""
-    return None if priority in (None, "normal") else priority
+    return _When(status, queue, due, check_priority(priority), once or parked, parked)
 
 
 @tracing.sends
