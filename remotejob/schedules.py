@@ -34,7 +34,6 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import re
 import shutil
 import tempfile
@@ -47,7 +46,7 @@ from typing import IO, Any
 
 from cronsim import CronSim, CronSimError
 
-from . import keys, records
+from . import keys, records, timers
 from .batch import check_time_limit
 from .bodies import check_body, parse_entry
 from .context import Context, check_priority
@@ -433,7 +432,7 @@ class TickServer:
             ctx.store.copy(input_key(s.name), keys.input_key(job_id))
         envelope = Envelope(job=job_id, key=job_id, status=s.status, sent=now, meta=dict(s.meta),
                             body=spec.body, limit=s.time_limit, due=tick, once=True, priority=s.priority)
-        delay = int(min(max(math.ceil(tick - now), 0), ctx.max_delay_s))
+        delay = timers.delay_for(tick, ctx.max_delay_s, now)
         ctx.queues.send(queue, ctx.seal(encode(envelope)), delay_s=delay)
         records.write_queued(ctx.store, job_id, s.status, created, created, meta=s.meta, due=tick,
                              priority=s.priority, extra={"sent": True, "schedule": s.name})
