@@ -211,16 +211,21 @@ def validate_batch(count: int, what: str = "batch") -> None:
 def send_batches(bodies: Sequence[str]) -> list[list[int]]:
     """Indices of ``bodies`` grouped into SendMessageBatch requests: at most ten entries and
     ``MAX_MESSAGE_BYTES`` of bodies each, in order."""
-    batches: list[list[int]] = []
-    size = 0
-    for index, body in enumerate(bodies):
-        length = len(body.encode("utf-8"))
-        if not batches or len(batches[-1]) >= MAX_BATCH or size + length > MAX_MESSAGE_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(index)
-        size += length
-    return batches
+    return group([len(body.encode("utf-8")) for body in bodies], MAX_BATCH, MAX_MESSAGE_BYTES)
+
+
+def group(sizes: Sequence[int], max_entries: int, max_bytes: int) -> list[list[int]]:
+    """Indices of entries of ``sizes`` bytes grouped in order: at most ``max_entries`` entries and
+    ``max_bytes`` each (an entry larger than that alone in its group)."""
+    groups: list[list[int]] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if not groups or len(groups[-1]) >= max_entries or total + size > max_bytes:
+            groups.append([])
+            total = 0
+        groups[-1].append(index)
+        total += size
+    return groups
 
 
 def validate_wait(seconds: float) -> float:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from . import keys, signing
 from .backends.base import OutgoingMessage
 from .errors import EnvelopeError, NotFound, RemoteJobError, UncertainResult
-from .limits import send_batches
+from .limits import group, send_batches
 
 if TYPE_CHECKING:
     from .context import Context
@@ -134,16 +134,8 @@ def delay_for(due: float, max_delay_s: int, now: float | None = None) -> int:
 def park_batches(messages: Sequence[str]) -> list[list[int]]:
     """Indices of ``messages`` grouped into timer objects (:data:`PARK_MAX_MESSAGES`,
     :data:`PARK_MAX_BYTES` each)."""
-    batches: list[list[int]] = []
-    size = 0
-    for index, message in enumerate(messages):
-        length = len(message.encode("utf-8")) + 8
-        if not batches or len(batches[-1]) >= PARK_MAX_MESSAGES or size + length > PARK_MAX_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(index)
-        size += length
-    return batches
+    sizes = [len(message.encode("utf-8")) + 8 for message in messages]  # + the JSON around it
+    return group(sizes, PARK_MAX_MESSAGES, PARK_MAX_BYTES)
 
 
 def park(ctx: Context, status: str, priority: str | None, due: float, messages: Sequence[str]) -> str:
