@@ -996,7 +996,8 @@ def section_scheduling(results: Mapping[str, Any]) -> str:
             rows.append([setting, kind.replace("_", " "), str(late.get("jobs")), num(late.get("p50_s"), 3),
                          num(late.get("p99_s"), 3), num(late.get("max_s"), 3), str(late.get("early")),
                          str(late.get("runs_max"))])
-    lines += [table(["setting", "delay", "jobs", "p50 s", "p99 s", "max s", "early", "runs per job"], rows), "",
+    header = ["setting", "delay", "jobs", "p50 s", "p99 s", "max s", "early", "runs per job"]
+    lines += [table(header, rows), "",
               f"Target (issue 14): never early, p99 at most 2 s late with idle workers, one run per job: "
               f"{'met' if met and rows else 'NOT met'}.", ""]
     req_rows = []
@@ -1051,6 +1052,21 @@ def render(results: Mapping[str, Any], old: str = "") -> str:
     ]
     parts = ["\n".join(intro), *(s(results) for s in sections), section_machine(meta), lead_section(old)]
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def merge(part: str, result: Mapping[str, Any]) -> bool:
+    """Put a stand-alone benchmark's ``result`` into the saved results as ``part`` and render
+    BENCHMARKS.md again; False (nothing done) when no full run saved results yet."""
+    import json
+
+    latest = REPO / "bench" / "results" / "latest.json"
+    if not latest.exists():
+        return False
+    saved = json.loads(latest.read_text())
+    saved[part] = result
+    latest.write_text(json.dumps(saved, indent=2) + "\n")
+    main([])
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,6 @@ from bench import report
 from tests import servers
 from tests.faults import Faults, FaultyQueues, FaultyStore
 
-LATEST = Path("bench/results/latest.json")
 SPREAD_S = 8.0
 """Due times are spread over this many seconds after a lead of :data:`LEAD_S`."""
 LEAD_S = 12.0
@@ -225,11 +224,8 @@ def main() -> None:
                 server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if args.report and LATEST.exists():
-        saved = json.loads(LATEST.read_text())
-        saved["scheduling"] = result
-        LATEST.write_text(json.dumps(saved, indent=2) + "\n")
-        report.main([])
+    if args.report:
+        report.merge("scheduling", result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from remotejob.ui.app import create_app
 from remotejob.ui.index import Index
 from tests.faults import Faults, FaultyStore
 
-LATEST = Path("bench/results/latest.json")
 STATES = ("completed",) * 7 + ("failed", "cancelled", "pending", "inprogress")
 TEAMS = ("search", "billing", "media", "ml", "ops")
 
@@ -140,11 +139,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    if args.report and LATEST.exists():  # merged into the saved results, BENCHMARKS.md rendered again
-        saved = json.loads(LATEST.read_text())
-        saved["ui"] = result
-        LATEST.write_text(json.dumps(saved, indent=2) + "\n")
-        report.main([])
+    if args.report:  # merged into the saved results, BENCHMARKS.md rendered again
+        report.merge("ui", result)
 
 
 if __name__ == "__main__":
