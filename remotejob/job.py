@@ -23,8 +23,9 @@ from .status import JobStatus
 logger = logging.getLogger(__name__)
 
 
-class Job:
-    """One delivery of a job, as returned by ``Queue.next()`` or passed to a worker's handler.
+class JobView:
+    """What a delivery of a job says about it, sync or async (``remotejob.Job``,
+    ``remotejob.aio.Job``): its attributes, and whether its handler should stop.
 
     Attributes:
         id: the job id (also its input key); stable across deliveries and pipeline stages.
@@ -54,13 +55,10 @@ class Job:
         self.state = envelope.state
         self.error = envelope.error
         self.attempt_id = delivery.attempt_id
-        self.running = False
-        """Set when a worker's handler starts on it (it may first wait, prefetched)."""
-        self.lease_lost = False
-        """Set when a heartbeat found the delivery gone: another attempt may be running."""
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, status={self.status!r}, receive_count={self.receive_count})"
+        name = type(self).__name__
+        return f"{name}(id={self.id!r}, status={self.status!r}, receive_count={self.receive_count})"
 
     @property
     def started(self) -> float:
@@ -98,6 +96,34 @@ class Job:
         if reason == "time-limit":
             raise TimeLimitExceeded(f"job {self.id!r} ran past its time limit of {self.time_limit:g} s")
 
+    @property
+    def input_key(self) -> str | None:
+        """The store key of this stage's input: ``in/<key>``, or the previous stage's output;
+        None when the input travels inline in the message."""
+        return None if self.delivery.envelope.body is not None else self._store_key()
+
+    def _store_key(self) -> str:
+        return self.delivery.envelope.input or keys.input_key(self.key)
+
+    @property
+    def finished(self) -> bool:
+        """True once this delivery's outcome was recorded (or found recorded by another)."""
+        return self.delivery.finished
+
+
+class Job(JobView):
+    """One delivery of a job, as returned by ``Queue.next()`` or passed to a worker's handler.
+
+    Its attributes are :class:`JobView`'s.
+    """
+
+    def __init__(self, delivery: Delivery) -> None:
+        super().__init__(delivery)
+        self.running = False
+        """Set when a worker's handler starts on it (it may first wait, prefetched)."""
+        self.lease_lost = False
+        """Set when a heartbeat found the delivery gone: another attempt may be running."""
+
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the job has got, e.g. ``job.progress(40, 100, "resizing")``.
 
@@ -119,20 +145,6 @@ class Job:
             raise ValueError("this is a completion notice, not a running job")
         text = None if message is None else message.encode("utf-8", "backslashreplace").decode()[:1000]
         lifecycle.report_progress(self.delivery, done, total, text)
-
-    @property
-    def input_key(self) -> str | None:
-        """The store key of this stage's input: ``in/<key>``, or the previous stage's output;
-        None when the input travels inline in the message."""
-        return None if self.delivery.envelope.body is not None else self._store_key()
-
-    def _store_key(self) -> str:
-        return self.delivery.envelope.input or keys.input_key(self.key)
-
-    @property
-    def finished(self) -> bool:
-        """True once this delivery's outcome was recorded (or found recorded by another)."""
-        return self.delivery.finished
 
     def open(self) -> BinaryIO:
         """Open the job's input body as a binary stream (close it when done).

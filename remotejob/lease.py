@@ -126,7 +126,9 @@ class Heartbeat:
             failed = {i: "error" for i in range(len(entries))}
         for index, (job, _) in enumerate(entries):
             code = failed.get(index)
-            if code == GONE:
+            if code == GONE and job.delivery.acknowledged:  # deleted as this beat went out: done
+                self._drop(job)
+            elif code == GONE:
                 logger.warning(
                     "job %s: its message was received elsewhere or deleted; another attempt may run it",
                     job.id,

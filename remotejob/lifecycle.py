@@ -33,7 +33,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,9 @@ class Delivery:
     source: str | None = None
     """The queue the message was received from (a status's, or one of its priority levels');
     None: the queue its envelope names."""
+    on_stop: Callable[[str], None] | None = None
+    """Called (on the watch's thread) with the reason each time :func:`request_stop` sets one: an
+    async handler's task is cancelled from here."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -198,6 +201,35 @@ def begin(d: Delivery) -> bool:
     return True
 
 
+def take(ctx: Context, queue: str, message: Message) -> Delivery | None:
+    """A message received by a ``next()`` caller (no worker, so no heartbeat): the delivery to
+    hand over, begun and its progress recorded; a completion notice (checked against the job's
+    record when messages are signed); or None for a message to skip (refused, finished, not
+    yet due)."""
+    envelope = ctx.open(queue, message)
+    if envelope is None:
+        return None
+    d = Delivery(ctx, envelope, message)
+    if envelope.kind == "notice":
+        return d if _notice_is_true(ctx, envelope, message) else None
+    if not begin(d):
+        return None
+    record_progress(d)
+    return d
+
+
+def _notice_is_true(ctx: Context, notice: Envelope, message: Message) -> bool:
+    """With signing keys, a completion notice must match the job's final record."""
+    if ctx.signing is None:
+        return True
+    record = records.read(ctx.store, keys.record_key(notice.job, "final"))
+    if record is not None and record.get("state") == notice.state:
+        return True
+    ctx.reject(keys.queue_name(ctx.name, notice.status), message, "notice-without-outcome",
+               f"job {notice.job!r} has no {notice.state} outcome recorded")
+    return False
+
+
 def record_progress(d: Delivery) -> None:
     """Write the delivery's ``progress`` record if it has none yet or its handler reported
     progress since (never after its outcome, nor after it was given back)."""
@@ -244,11 +276,14 @@ def request_stop(d: Delivery, reason: str) -> bool:
     A cancel overrides a time limit: the job's outcome is the cancel's."""
     with d.lock:
         first = d.stop_reason is None
-        if first or reason == "cancelled":
+        changed = first or (reason == "cancelled" and d.stop_reason != reason)
+        if changed:
             d.stop_reason = reason
         if first:
             d.stop_at = time.monotonic()
-        return first
+    if changed and d.on_stop is not None:
+        d.on_stop(reason)
+    return first
 
 
 # -- the outcome ---------------------------------------------------------------------------------

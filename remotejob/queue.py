@@ -15,16 +15,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import batch, config, control, dead, dedup, keys, lifecycle, records, schedules, timers
-from .backends.base import Message, MessageQueue, ObjectStore, StoredObject
+from .backends.base import MessageQueue, ObjectStore, StoredObject
 from .bodies import parse_entry
 from .context import DEFAULT_STATUSES, Context
-from .envelope import DeadLetter, Envelope
-from .errors import JobCancelled, JobFailed, WaitTimeout
+from .envelope import DeadLetter
 from .job import Job
-from .lifecycle import Delivery
 from .limits import validate_key, validate_queue_name
 from .signing import Keyring
-from .status import JobStatus
+from .status import JobStatus, Waiting
 
 if TYPE_CHECKING:
     from .schedules import Schedule
@@ -362,31 +360,11 @@ class Queue:
             remaining = poll if deadline is None else deadline - time.monotonic()
             wait = max(0.0, min(poll, remaining))
             for message in ctx.queues.receive(queue, 1, wait, ctx.visibility_timeout):
-                envelope = ctx.open(queue, message)
-                if envelope is None:
-                    continue
-                delivery = Delivery(ctx, envelope, message)
-                if envelope.kind == "notice":
-                    if not self._notice_is_true(envelope, message):
-                        continue
-                elif not lifecycle.begin(delivery):
-                    continue
-                else:
-                    lifecycle.record_progress(delivery)  # nothing heartbeats a job taken here
-                return Job(delivery)
+                delivery = lifecycle.take(ctx, queue, message)
+                if delivery is not None:
+                    return Job(delivery)
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-
-    def _notice_is_true(self, notice: Envelope, message: Message) -> bool:
-        """With signing keys, a completion notice must match the job's final record."""
-        if self.signing is None:
-            return True
-        record = records.read(self.object_store, keys.record_key(notice.job, "final"))
-        if record is not None and record.get("state") == notice.state:
-            return True
-        self.context.reject(keys.queue_name(self.name, notice.status), message, "notice-without-outcome",
-                            f"job {notice.job!r} has no {notice.state} outcome recorded")
-        return False
 
     # -- dead letters and workers ----------------------------------------------------------
 
@@ -467,23 +445,12 @@ class Queue:
                 it was cancelled. WaitTimeout: ``timeout`` seconds passed. NotFound: the job was
                 never submitted.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.02
+        waiting = Waiting(job_id, timeout, poll)
         while True:
-            st = self.status(job_id)
-            if st.state == "cancelled":
-                raise JobCancelled(job_id, st.error)
-            if st.state == "failed":
-                raise JobFailed(job_id, st.error or "unknown error")
-            if st.state == "completed":
-                return st
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(f"job {job_id!r} is still {st.state} after {timeout} s")
-                delay = min(delay, left)
-            time.sleep(delay)
-            delay = min(delay * 1.5, poll)
+            pause = waiting.pause(self.status(job_id))
+            if isinstance(pause, JobStatus):
+                return pause
+            time.sleep(pause)
 
 
 def connect(

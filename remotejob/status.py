@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
+
+from .errors import JobCancelled, JobFailed, WaitTimeout
 
 STATES = ("scheduled", "pending", "inprogress", "completed", "failed", "cancelled")
 DONE = ("completed", "failed", "cancelled")
@@ -117,3 +120,33 @@ def error_text(error: BaseException | str) -> str:
     else:
         text = str(error)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Waiting:
+    """How ``Queue.wait`` (sync and async) polls a job: ``pause(status)`` returns the status
+    once the job completed, raises once it failed, was cancelled or the timeout passed, and
+    otherwise returns the seconds to sleep before the next look (quickly at first, then every
+    ``poll`` seconds at most)."""
+
+    def __init__(self, job_id: str, timeout: float | None, poll: float) -> None:
+        self.job_id = job_id
+        self.timeout = timeout
+        self.poll = poll
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.delay = 0.02
+
+    def pause(self, st: JobStatus) -> JobStatus | float:
+        if st.state == "cancelled":
+            raise JobCancelled(self.job_id, st.error)
+        if st.state == "failed":
+            raise JobFailed(self.job_id, st.error or "unknown error")
+        if st.state == "completed":
+            return st
+        delay = self.delay
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(f"job {self.job_id!r} is still {st.state} after {self.timeout} s")
+            delay = min(delay, left)
+        self.delay = min(self.delay * 1.5, self.poll)
+        return delay

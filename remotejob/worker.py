@@ -10,6 +10,8 @@ last attempt the job is recorded failed and its message moves to the dead-letter
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import math
 import random
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import dead, journal, levels, lifecycle, records, tracing
 from .backends.base import Message
@@ -35,6 +37,8 @@ from .status import error_text
 from .watch import Watch
 
 if TYPE_CHECKING:
+    from .aio.pool import AsyncHandler, LoopPool
+    from .aio.queue import Queue as AsyncQueue
     from .metrics import WorkerMetrics
     from .queue import Queue
 
@@ -66,9 +70,17 @@ class Worker:
         worker = remotejob.Worker(q, handler, concurrency=8)
         worker.run()        # blocks; worker.stop() (or SIGTERM/SIGINT) ends it gracefully
 
+    An ``async def`` handler gets a :class:`remotejob.aio.Job` and runs on one event loop,
+    ``concurrency`` jobs at once with no thread per job (``concurrency=1000`` is fine): on a
+    loop of the worker's own under :meth:`run`, on the caller's under ``await``
+    :meth:`run_async`. A cancel or a time limit cancels its task (``asyncio.CancelledError``
+    inside it); letting that propagate records what ``Cancelled`` or ``TimeLimitExceeded``
+    would; after a stop's grace period the tasks still running are cancelled.
+
     Args:
-        queue: the job system.
-        handler: called with each job, on a thread of the worker's pool.
+        queue: the job system (a ``remotejob.Queue`` or a ``remotejob.aio.Queue``).
+        handler: called with each job, on a thread of the worker's pool; or an ``async def``
+            function, awaited on an event loop (see above).
         status: the status queue to serve.
         concurrency: handlers running at once.
         prefetch: messages the worker may hold beyond ``concurrency``, waiting for a free
@@ -115,8 +127,8 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
-        handler: Handler,
+        queue: Queue | AsyncQueue,
+        handler: Handler | AsyncHandler,
         status: str = "pending",
         concurrency: int = 1,
         max_jobs: int | None = None,
@@ -136,6 +148,11 @@ class Worker:
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
+        sync_queue = getattr(queue, "sync", None)  # a remotejob.aio.Queue's sync one
+        if sync_queue is not None:
+            queue = sync_queue
+        if TYPE_CHECKING:
+            assert isinstance(queue, Queue)  # noqa: S101
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
         if prefetch is None:
@@ -164,6 +181,9 @@ class Worker:
         self.queue = queue
         self.ctx = queue.context
         self.handler = handler
+        self._async_handler = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__)
+        self._run_loop: asyncio.AbstractEventLoop | None = None
         self.status = status
         self.queue_name = self.ctx.status_queue(status)
         self.dead_letter_check = dead_letter_check
@@ -193,7 +213,7 @@ class Worker:
         cancellations.interval = min(cancellations.interval, cancel_check, heartbeat_s)
         self._watch = Watch(self.ctx, cancel_grace, self._abandon)
         self._settling: set[Job] = set()
-        self._pool: HandlerPool[Job] = HandlerPool(0, self._execute, "remotejob-handler")
+        self._pool: HandlerPool[Job] | LoopPool = HandlerPool(0, self._execute, "remotejob-handler")
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
         self._clock = None if schedule_check is None else Clock(self.ctx, schedule_check)
@@ -239,7 +259,7 @@ class Worker:
             self._released.clear()
         self._stopping.clear()
         previous = self._install_signals()
-        pool = self._pool = HandlerPool(self.concurrency, self._execute, "remotejob-handler")
+        pool = self._pool = self._make_pool()
         self._heartbeat.start()
         self._watch.start()
         self._outbox.start()
@@ -267,6 +287,32 @@ class Worker:
             self._heartbeat.stop()
             self._restore_signals(previous)
         return self.taken - taken_before
+
+    async def run_async(self) -> int:
+        """:meth:`run`, awaited: the worker's threads do the receiving and bookkeeping while an
+        ``async def`` handler runs on the running event loop. Cancelling the awaiting task
+        stops the worker gracefully (as :meth:`stop`) and waits for it. Signals are left to the
+        application (``loop.add_signal_handler(signal.SIGTERM, worker.stop)``)."""
+        loop = asyncio.get_running_loop()
+        self._run_loop = loop
+        running = loop.run_in_executor(None, self.run)
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            self.stop()
+            await running
+            raise
+        finally:
+            self._run_loop = None
+
+    def _make_pool(self) -> HandlerPool[Job] | LoopPool:
+        if not self._async_handler:
+            return HandlerPool(self.concurrency, self._execute, "remotejob-handler")
+        from .aio.pool import LoopPool, Steps
+
+        steps = Steps(self._open, self._conclude, self._trouble, self._close)
+        return LoopPool(steps, self.handler, self.concurrency, self.status, self.metrics,  # type: ignore[arg-type]
+                        self._run_loop)
 
     def _shut_down(self, receiver: threading.Thread) -> None:
         with self._cond:  # prefetched jobs that no handler started go back at once
@@ -448,58 +494,86 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
 
     def _execute(self, job: Job) -> None:
+        """Run one job on a handler thread: open, call the handler, conclude, close. (An async
+        handler's job goes through the same steps, from ``aio.pool``.)"""
         try:
-            with self._cond:
-                if job in self._released:  # it waited for a handler until the worker stopped
-                    return
-                job.delivery.started = time.time()
-                job.running = True
-            if not lifecycle.begin(job.delivery):
+            if not self._open(job):
                 return
-            self._watch.started(job)
             with tracing.process(job.delivery):
-                self._run_handler(job)
-        except AlreadyExists:
-            logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
-        except Exception:  # noqa: BLE001 - a worker outlives any one job's trouble
-            logger.exception("job %s: could not record its outcome; it will be delivered again", job.id)
+                assets, exc = self._call(job)
+                self._conclude(job, assets, exc)
+        except Exception as exc:  # noqa: BLE001 - a worker outlives any one job's trouble
+            self._trouble(job, exc)
         finally:
-            self._watch.release(job)
-            if not job.delivery.in_outbox:
-                self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
-            with self._cond:
-                job.running = False
-                self._settling.discard(job)
-                self._running.pop(job, None)
-                self._cond.notify_all()
+            self._close(job)
 
-    def _run_handler(self, job: Job) -> None:
+    def _open(self, job: Job) -> bool:
+        """Begin ``job``'s attempt; False if it is not to run (let go of while it waited for a
+        handler, finished already, not due yet)."""
+        with self._cond:
+            if job in self._released:  # it waited for a handler until the worker stopped
+                return False
+            job.delivery.started = time.time()
+            job.running = True
+        if not lifecycle.begin(job.delivery):
+            return False
+        self._watch.started(job)
+        return True
+
+    def _call(self, job: Job) -> tuple[Sequence[Mapping[str, Any]] | None, Exception | None]:
         try:
             if self.metrics is None:
-                assets = self.handler(job)
-            else:
-                with self.metrics.handling(self.status):
-                    assets = self.handler(job)
-            if not self._settle(job):
-                logger.warning("job %s finished after it was let go of; its result is discarded", job.id)
-            elif job.delivery.stop_reason is not None and not job.finished:
-                self._stopped(job, None)
-            elif not job.finished:
-                job.complete(assets=assets or ())
-        except AlreadyExists:
-            raise
+                return cast("Handler", self.handler)(job), None
+            with self.metrics.handling(self.status):
+                return cast("Handler", self.handler)(job), None
         except Exception as exc:  # noqa: BLE001 - a failing handler is the job's outcome
-            tracing.record_error(exc)
-            if not self._settle(job):
-                logger.warning("job %s: its handler ended (%s) after it was let go of; discarded", job.id,
-                               error_text(exc))
+            return None, exc
+
+    def _conclude(self, job: Job, assets: Sequence[Mapping[str, Any]] | None, exc: Exception | None) -> None:
+        """Record the end of ``job``'s attempt from what its handler returned or raised."""
+        if exc is None:
+            try:
+                if not self._settle(job):
+                    logger.warning("job %s finished after it was let go of; its result is discarded", job.id)
+                elif job.delivery.stop_reason is not None and not job.finished:
+                    self._stopped(job, None)
+                elif not job.finished:
+                    job.complete(assets=assets or ())
                 return
-            if job.finished:
+            except AlreadyExists:
                 raise
-            if job.delivery.stop_reason is not None:
-                self._stopped(job, exc)
-            else:
-                self._failed(job, exc)
+            except Exception as later:  # noqa: BLE001 - e.g. a cancel seen as it completed
+                exc = later
+        if isinstance(exc, AlreadyExists):
+            raise exc
+        tracing.record_error(exc)
+        if not self._settle(job):
+            logger.warning("job %s: its handler ended (%s) after it was let go of; discarded", job.id,
+                           error_text(exc))
+            return
+        if job.finished:
+            raise exc
+        if job.delivery.stop_reason is not None:
+            self._stopped(job, exc)
+        else:
+            self._failed(job, exc)
+
+    def _trouble(self, job: Job, exc: Exception) -> None:
+        if isinstance(exc, AlreadyExists):
+            logger.info("job %s was finished by another attempt; discarded this one's work", job.id)
+        else:
+            logger.error("job %s: could not record its outcome; it will be delivered again", job.id,
+                         exc_info=exc)
+
+    def _close(self, job: Job) -> None:
+        self._watch.release(job)
+        if not job.delivery.in_outbox:
+            self._heartbeat.release(job)  # else the outbox lets go once it deleted the job
+        with self._cond:
+            job.running = False
+            self._settling.discard(job)
+            self._running.pop(job, None)
+            self._cond.notify_all()
 
     def _settle(self, job: Job) -> bool:
         """Claim the right to record the end of ``job``'s attempt; False if it was let go of

@@ -9,8 +9,8 @@ messages from the endpoint, bucket, key and error code only, so no secret can le
 
 from __future__ import annotations
 
-from ._aws import request_counts
+from ._aws import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, request_counts
 from .aws_s3 import S3Store
 from .aws_sqs import SqsQueues
 
-__all__ = ["S3Store", "SqsQueues", "request_counts"]
+__all__ = ["CONNECT_TIMEOUT_S", "READ_TIMEOUT_S", "S3Store", "SqsQueues", "request_counts"]

@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
@@ -101,6 +101,12 @@ class SqsQueues:
     def _sqs(self) -> SQSClient:
         return cast("SQSClient", self._client.get())
 
+    def client_settings(self) -> dict[str, Any]:
+        """Where this backend's client sends requests, ``{"endpoint_url", "region_name"}``, for
+        another client of the same queues (``remotejob.aio``'s)."""
+        meta = self._sqs.meta
+        return {"endpoint_url": meta.endpoint_url, "region_name": meta.region_name}
+
     def endpoint(self) -> str:
         """The SQS endpoint in use (a URL, never a credential)."""
         return self._client.endpoint()
@@ -130,7 +136,7 @@ class SqsQueues:
             BackendUnavailable: SQS cannot be reached, or refuses us.
         """
         url = self._url(queue)
-        with self._call("reading the attributes of", queue):
+        with self.translating("reading the attributes of", queue):
             reply = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
         return {str(name): str(value) for name, value in reply.get("Attributes", {}).items()}
 
@@ -144,7 +150,8 @@ class SqsQueues:
         return self._url(queue)
 
     @contextmanager
-    def _call(self, action: str, queue: str, ok: Collection[str] = ()) -> Iterator[Translate]:
+    def translating(self, action: str, queue: str, ok: Collection[str] = ()) -> Iterator[Translate]:
+        """Turn the botocore failures of a request about ``queue`` into remotejob errors."""
         endpoint = self._client.endpoint()
         missing = (
             f"queue {queue!r} does not exist at {endpoint}: run `remotejob init` or connect() first"
@@ -160,7 +167,7 @@ class SqsQueues:
         url = self._urls.get(queue)
         if url is None:
             validate_queue_name(queue)
-            with self._call("looking up", queue):
+            with self.translating("looking up", queue):
                 url = self._sqs.get_queue_url(QueueName=queue)["QueueUrl"]
             self._urls[queue] = url
         return url
@@ -218,7 +225,7 @@ class SqsQueues:
                 own["RedrivePolicy"] = redrive
             elif dead is not None:
                 own["MessageRetentionPeriod"] = str(DEAD_LETTER_RETENTION_S)
-            with self._call("creating", name, ok=_ALREADY_EXISTS) as call:
+            with self.translating("creating", name, ok=_ALREADY_EXISTS) as call:
                 self._urls[name] = self._sqs.create_queue(QueueName=name, Attributes=own)["QueueUrl"]
             if call.swallowed:  # created concurrently with other attributes: it exists, leave it
                 self._url(name)
@@ -240,7 +247,7 @@ class SqsQueues:
                 f"dead-letter queue {dead!r} does not exist at {self.location}: create it first, "
                 "or ensure it together with the queues that use it"
             ) from None
-        with self._call("reading the ARN of", dead):
+        with self.translating("reading the ARN of", dead):
             reply = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         arn = reply["Attributes"]["QueueArn"]
         return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count})
@@ -257,7 +264,7 @@ class SqsQueues:
         validate_message_body(body)
         validate_delay(delay_s)
         url = self._url(queue)
-        with self._call("sending to", queue):
+        with self.translating("sending to", queue):
             reply = self._sqs.send_message(QueueUrl=url, MessageBody=body, DelaySeconds=int(delay_s))
         return reply["MessageId"]
 
@@ -289,7 +296,7 @@ class SqsQueues:
             entries: list[Any] = [
                 {"Id": i, "MessageBody": m.body, "DelaySeconds": int(m.delay_s)} for i, m in pending.items()
             ]
-            with self._call("sending a batch to", queue):
+            with self.translating("sending a batch to", queue):
                 reply = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
             for sent in reply.get("Successful", []):
                 ids[sent["Id"]] = sent["MessageId"]
@@ -325,6 +332,16 @@ class SqsQueues:
             ValueError: a wait or visibility timeout outside SQS's limits.
             BackendUnavailable: SQS cannot be reached, or refuses us.
         """
+        args = self.receive_request(queue, max_messages, wait_s, visibility_s)
+        with self.translating("receiving from", queue):
+            reply = self._sqs.receive_message(**args)
+        return self.received(queue, args, reply)
+
+    def receive_request(
+        self, queue: str, max_messages: int, wait_s: float, visibility_s: int | None
+    ) -> dict[str, Any]:
+        """The checked ``ReceiveMessage`` arguments of :meth:`receive` (its queue URL looked
+        up), for a client that sends it another way (``remotejob.aio``'s aiobotocore one)."""
         validate_batch(max_messages, "receive")
         validate_wait(wait_s)
         args: dict[str, Any] = {
@@ -335,8 +352,15 @@ class SqsQueues:
         }
         if visibility_s is not None:
             args["VisibilityTimeout"] = math.ceil(validate_visibility(visibility_s))
-        with self._call("receiving from", queue):
-            reply = self._sqs.receive_message(**args)
+        return args
+
+    def received(self, queue: str, args: Mapping[str, Any], reply: Mapping[str, Any]) -> list[Message]:
+        """The messages of a ``ReceiveMessage`` reply to ``args``.
+
+        Raises:
+            BackendUnavailable: the endpoint left out the receive count (the messages are
+                given back first).
+        """
         received = []
         for m in reply.get("Messages", []):
             attrs = m.get("Attributes", {})
@@ -378,7 +402,7 @@ class SqsQueues:
             BackendUnavailable: SQS cannot be reached, or refuses us.
         """
         url = self._url(queue)
-        with self._call("deleting a message from", queue):
+        with self.translating("deleting a message from", queue):
             self._sqs.delete_message(QueueUrl=url, ReceiptHandle=receipt)
 
     def delete_batch(self, queue: str, receipts: Sequence[str]) -> None:
@@ -393,7 +417,7 @@ class SqsQueues:
         validate_batch(len(receipts), "delete batch")
         url = self._url(queue)
         entries: list[Any] = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
-        with self._call("deleting messages from", queue):
+        with self.translating("deleting messages from", queue):
             reply = self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)
         failed = reply.get("Failed", [])
         if not failed:
@@ -419,7 +443,7 @@ class SqsQueues:
         validate_visibility(seconds)
         url = self._url(queue)
         try:
-            with self._call("changing the visibility of a message in", queue):
+            with self.translating("changing the visibility of a message in", queue):
                 self._sqs.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=math.ceil(seconds)
                 )
@@ -448,7 +472,7 @@ class SqsQueues:
             {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": math.ceil(seconds)}
             for i, (receipt, seconds) in enumerate(entries)
         ]
-        with self._call("changing the visibility of messages in", queue):
+        with self.translating("changing the visibility of messages in", queue):
             reply = self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=batch)
         failed = reply.get("Failed", [])
         codes = {int(f["Id"]): _entry_code(f) for f in failed}
@@ -470,7 +494,7 @@ class SqsQueues:
             BackendUnavailable: SQS cannot be reached, or refuses us.
         """
         url = self._url(queue)
-        with self._call("counting the messages of", queue):
+        with self.translating("counting the messages of", queue):
             attrs = self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=_DEPTH)["Attributes"]
         waiting, in_flight, delayed = (int(attrs.get(name, "0")) for name in _DEPTH)
         return QueueDepth(waiting, in_flight, delayed)
@@ -483,7 +507,7 @@ class SqsQueues:
             BackendUnavailable: SQS cannot be reached, or refuses us.
         """
         url = self._url(queue)
-        with self._call("purging", queue, ok=_PURGE_IN_PROGRESS) as call:
+        with self.translating("purging", queue, ok=_PURGE_IN_PROGRESS) as call:
             self._sqs.purge_queue(QueueUrl=url)
         if call.swallowed:
             logger.info("a purge of queue %s is already in progress; not purging again", queue)
