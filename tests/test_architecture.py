@@ -7,8 +7,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "remotejob"
-CLIENTS = {"remotejob", "remotejob.queue", "remotejob.cost", "remotejob.doctor", "remotejob.policy"}
-"""The façade itself and the modules built on it (the command line and the ui are too)."""
+CLIENTS = {"remotejob", "remotejob.queue", "remotejob.cost", "remotejob.doctor", "remotejob.policy",
+           "remotejob.aio", "remotejob.aio.queue"}
+"""The façade itself and the modules built on it (the command line and the ui are too; the async
+façade wraps the sync one)."""
 
 
 def _modules() -> dict[str, ast.Module]:
