@@ -83,8 +83,9 @@ class Queue:
     async def close(self) -> None:
         """Close the aiobotocore client, the pool (after the steps under way) and the queue."""
         await self._receiver.close()
-        await asyncio.get_running_loop().run_in_executor(None, self._offload.close)
-        self.sync.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._offload.close)
+        await loop.run_in_executor(None, self.sync.close)  # it writes the journal's last entry
 
     async def __aenter__(self) -> Queue:
         return self
