@@ -91,6 +91,31 @@ def test_submit_work_status(backend: BackendSetup, tmp_path: Path) -> None:
     assert out.metadata == {"size": "128"}
 
 
+ASYNC_HANDLER = """
+import asyncio
+
+async def shout(job):
+    async with job.open() as body:
+        text = (await body.read()).decode()
+    await asyncio.sleep(0)
+    return [{"key": "output", "body": text.upper()}]
+"""
+
+
+@pytest.mark.backends("embedded")
+def test_the_worker_command_runs_an_async_handler(backend: BackendSetup, tmp_path: Path) -> None:
+    env = _env(backend)
+    (tmp_path / "async_handlers.py").write_text(ASYNC_HANDLER)
+    q = _connect(env)
+    job_ids = q.submit_many([{"body": f"job {i}"} for i in range(5)])
+
+    worker = _cli(env, tmp_path, "worker", "async_handlers:shout", "--burst", "--concurrency", "5")
+    assert worker.returncode == 0, worker.stderr
+    assert "processed 5 job(s)" in worker.stderr
+    for i, job_id in enumerate(job_ids):
+        assert q.output(job_id, "output").read() == f"JOB {i}".encode()
+
+
 def test_errors_are_one_line_with_exit_codes(backend: BackendSetup, tmp_path: Path) -> None:
     env = _env(backend)
     missing = _cli(env, tmp_path, "status", "never-submitted")
