@@ -279,3 +279,29 @@ def test_a_closed_outbox_still_sends_and_deletes_what_it_is_given(backend: Backe
     assert [m.body for m in q.message_queue.receive(completed, 10, 1)] == ["its notice"]
     depth = q.message_queue.depth(pending)
     assert (depth.waiting, depth.in_flight) == (0, 0)
+
+
+@pytest.mark.backends("embedded", "aws")
+def test_a_heartbeat_that_finds_a_deleted_jobs_message_gone_does_not_cry_another_attempt(
+    backend: BackendSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A beat already under way when the job's message is deleted (its outcome recorded, the
+    outbox deleting it) finds the receipt gone: that is the job's own end, not another attempt."""
+    from remotejob.lease import Heartbeat
+
+    q, faults = connect_faulty(backend, visibility_timeout=3, wait_time=1)
+    q.submit({"body": b"a"})
+    job = q.next(timeout=10)
+    assert job is not None
+    heartbeat = Heartbeat(q.context, q.visibility_timeout)
+    heartbeat.hold(job)
+    job.acknowledge()  # deleted; the heartbeat still holds it, as between the outbox's delete and release
+    beats_before = faults.count("queue.change_visibility_batch")
+    heartbeat.start()
+    try:
+        wait_until(lambda: faults.count("queue.change_visibility_batch") > beats_before,
+                   what="a heartbeat of the deleted job")
+    finally:
+        heartbeat.stop()
+    assert not job.lease_lost
+    assert "another attempt may run it" not in caplog.text
