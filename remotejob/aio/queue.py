@@ -245,8 +245,9 @@ class Queue:
         from ..worker import Worker
 
         options.setdefault("handle_signals", False)
-        worker = Worker(self.sync, handler, status=status, concurrency=concurrency, max_jobs=max_jobs,
-                        burst=burst, **options)
+        worker = await self._offload(  # building it may create the status's queue
+            Worker, self.sync, handler, status=status, concurrency=concurrency, max_jobs=max_jobs,
+            burst=burst, **options)
         return await worker.run_async()
 
 
