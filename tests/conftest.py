@@ -38,6 +38,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*kinds): run a backend-parametrised test on these settings only (say why)")
+    config.addinivalue_line(
+        "markers", "apis(*apis): run each backend-parametrised test through these APIs: 'sync' "
+        "(remotejob.Queue) and/or 'async' (remotejob.aio.Queue seen through tests.aio_view.SyncView)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # @pytest.mark.apis("sync", "async") (a module's pytestmark, or a test's own, which wins):
+    # every test using ``backend`` runs once per API; backend.connect() returns that API's queue
+    marker = metafunc.definition.get_closest_marker("apis")
+    if marker is not None and "api" in metafunc.fixturenames:
+        metafunc.parametrize("api", marker.args, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -117,6 +128,10 @@ class BackendSetup:
     bucket: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     """Environment for connect() and for subprocesses (endpoints, credentials, REMOTEJOB_HOME)."""
+    api: str = "sync"
+    """What connect() returns: "sync", a remotejob.Queue; "async", a remotejob.aio.Queue over
+    it, seen through tests.aio_view.SyncView (closed when the test ends)."""
+    views: list[Any] = field(default_factory=list)
 
     def make_store(self) -> Any:
         """A fresh, empty ObjectStore of this setting."""
@@ -155,15 +170,30 @@ class BackendSetup:
 
         options.setdefault("store", self.store_url())
         options.setdefault("queues", self.queues_url())
-        return remotejob.connect(unique("q") if name is None else name, **options)
+        q = remotejob.connect(unique("q") if name is None else name, **options)
+        if self.api == "sync":
+            return q
+        import remotejob.aio
+
+        from tests.aio_view import SyncView
+
+        view = SyncView(remotejob.aio.Queue(q))
+        self.views.append(view)
+        return view
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest) -> str:
+    """The API ``backend.connect()`` returns (see the ``apis`` marker); "sync" unless marked."""
+    return str(getattr(request, "param", "sync"))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> BackendSetup:
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str
+) -> Iterator[BackendSetup]:
     kind: str = request.param
-    setup = BackendSetup(kind, tmp_path)
+    setup = BackendSetup(kind, tmp_path, api=api)
     env = {
         "REMOTEJOB_HOME": str(tmp_path / "home"),
         "AWS_ACCESS_KEY_ID": servers.ACCESS_KEY,
@@ -186,7 +216,9 @@ def backend(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     setup.env = env
-    return setup
+    yield setup
+    for view in setup.views:
+        view.close()
 
 
 _buckets: dict[str, str] = {}

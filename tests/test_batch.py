@@ -14,6 +14,8 @@ from remotejob.batch import INLINE_ENVELOPE_MAX
 from remotejob.errors import AlreadyExists, MetadataError, NotFound
 from tests.conftest import BackendSetup
 
+pytestmark = pytest.mark.apis("sync", "async")  # the async API passes the same tests
+
 
 def _depth(q: remotejob.Queue) -> int:
     return q.message_queue.depth(keys.queue_name(q.name, "pending")).waiting

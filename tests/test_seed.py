@@ -10,6 +10,8 @@ import pytest
 import remotejob
 from tests.conftest import BackendSetup
 
+pytestmark = pytest.mark.apis("sync", "async")  # the async API passes the same tests
+
 
 def test_store_retrieve_remove(backend: BackendSetup) -> None:
     q = backend.connect()

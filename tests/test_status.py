@@ -9,6 +9,8 @@ import pytest
 import remotejob
 from tests.conftest import BackendSetup
 
+pytestmark = pytest.mark.apis("sync", "async")  # the async API passes the same tests
+
 
 def test_states_from_submit_to_completed(backend: BackendSetup) -> None:
     q = backend.connect()
