@@ -383,3 +383,14 @@ def test_two_hundred_waits_hold_no_thread_each_and_all_return_when_a_worker_runs
             assert [st.id for st in done] == ids
 
     run(main(), timeout=150)
+
+
+@pytest.mark.backends("embedded")  # the connection's own state, the same on every setting
+def test_a_closed_connection_says_so(backend: BackendSetup) -> None:
+    async def main() -> None:
+        async with await aconnect(backend) as aq:
+            job_id = await aq.submit({"body": b"x"})
+        with pytest.raises(RuntimeError, match="closed: connect again"):
+            await aq.status(job_id)
+
+    run(main())

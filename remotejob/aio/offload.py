@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -38,14 +37,16 @@ class Offload:
             raise ConfigError(f"executor_threads must be a positive integer, got {threads!r}")
         self.threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
-        self._owners: set[int] = set()
-        self._lock = threading.Lock()
+        self._closed = False
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._closed:
+            raise RuntimeError("this remotejob.aio connection is closed: connect again to use it")
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, call)
 
     def close(self, wait: bool = True) -> None:
         """Finish the steps under way (``wait``) and stop the threads."""
+        self._closed = True
         self._executor.shutdown(wait=wait, cancel_futures=not wait)

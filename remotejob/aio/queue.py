@@ -24,8 +24,11 @@ from .offload import DEFAULT_THREADS, Offload
 from .receive import Receiver
 
 if TYPE_CHECKING:
+    from ..backends.base import MessageQueue, ObjectStore
     from ..envelope import DeadLetter
     from ..schedules import Schedule
+    from ..worker import Handler
+    from .pool import AsyncHandler
 
 
 class Queue:
@@ -236,8 +239,8 @@ class Queue:
         await self._offload(self.sync._remove_job, status, receipt)  # noqa: SLF001 - the seed's name
 
     async def work(
-        self, handler: Any, status: str = "pending", concurrency: int = 1, max_jobs: int | None = None,
-        burst: bool = False, **options: Any,
+        self, handler: Handler | AsyncHandler, status: str = "pending", concurrency: int = 1,
+        max_jobs: int | None = None, burst: bool = False, **options: Any,
     ) -> int:
         """Run a worker on ``status`` until stopped; its ``async def`` handler runs on this event
         loop (a plain function on threads). Returns the jobs it took. See
@@ -251,8 +254,8 @@ class Queue:
         return await worker.run_async()
 
 
-async def connect(name: str, store: Any = None, queues: Any = None, *,
-                  executor_threads: int = DEFAULT_THREADS, **options: Any) -> Queue:
+async def connect(name: str, store: str | ObjectStore | None = None, queues: str | MessageQueue | None = None,
+                  *, executor_threads: int = DEFAULT_THREADS, **options: Any) -> Queue:
     """Connect to (and lazily create) the job system ``name``, for coroutines.
 
     The arguments are ``remotejob.connect``'s, plus ``executor_threads`` (the pool the steps
