@@ -8,6 +8,8 @@ it runs out (another attempt may then run; the create-once claim keeps one outco
 extension of a running job also writes its ``inprogress`` record, so jobs shorter than a third of
 the timeout never pay for it. Each entry of a batch is handled on its own: a delivery that is gone
 is dropped (``job.lease_lost``), one that failed is tried again within a second, the others go on.
+A round of more than one batch sends them :data:`SENDERS` at a time: a thousand held jobs are a
+hundred requests, which one after another would outlast a short visibility timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from . import lifecycle
@@ -27,6 +30,9 @@ if TYPE_CHECKING:
     from .job import Job
 
 logger = logging.getLogger(__name__)
+
+SENDERS = 8
+"""Batches of one heartbeat round in flight at once."""
 
 CAP_MARGIN_S = 60
 """How far before SQS's 12-hour cap the last extension ends, for clocks and request latency."""
@@ -49,6 +55,7 @@ class Heartbeat:
         self._beating = threading.Lock()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._senders: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """Start the heartbeat thread (again, after :meth:`stop`)."""
@@ -77,6 +84,9 @@ class Heartbeat:
         thread = self._thread
         if thread is not None and thread.is_alive() and threading.current_thread() is not thread:
             thread.join(timeout=5)
+        senders, self._senders = self._senders, None
+        if senders is not None:
+            senders.shutdown(wait=False)
 
     def _run(self) -> None:
         while True:
@@ -95,9 +105,14 @@ class Heartbeat:
                 for job in due:
                     if job in self._due:
                         by_queue.setdefault(job.delivery.queue, []).append(job)
-                for name, jobs in by_queue.items():
-                    for start in range(0, len(jobs), 10):
-                        self._beat(name, jobs[start:start + 10])
+                batches = [(name, jobs[start:start + 10]) for name, jobs in by_queue.items()
+                           for start in range(0, len(jobs), 10)]
+                if len(batches) == 1:
+                    self._beat(*batches[0])
+                elif batches:
+                    if self._senders is None:
+                        self._senders = ThreadPoolExecutor(SENDERS, thread_name_prefix="remotejob-heartbeat")
+                    list(self._senders.map(lambda batch: self._beat(*batch), batches))
 
     def _grant(self, job: Job) -> int:
         """Seconds to extend by: the timeout, or what is left of the 12 hours since receipt."""
