@@ -1024,6 +1024,117 @@ def section_scheduling(results: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
+AIO_SETTINGS = {"embedded": SETTINGS["embedded"], "aws": SETTINGS["moto"],
+                "aws-real-s3": SETTINGS["seaweedfs"]}
+
+
+def _span(values: list[Any], digits: int = 1) -> str:
+    """``a`` or ``a-b``: the range of the numbers among ``values``."""
+    found = [v for v in values if isinstance(v, int | float)]
+    if not found:
+        return "-"
+    low, high = num(min(found), digits), num(max(found), digits)
+    return low if low == high else f"{low}-{high}"
+
+
+def section_aio(results: Mapping[str, Any]) -> str:
+    """Async handlers against threaded ones in one process (``python -m bench.aio``)."""
+    doc = results.get("aio")
+    if not doc:
+        return ""
+    lines = [
+        "## Asyncio", "",
+        "`python -m bench.aio` (run on its own, not by `./dev bench`; each setting's table says when and "
+        "at what size it was measured). On each setting, on a fresh job system each time: the jobs "
+        f"submitted with `await aq.submit_many(...)` (chunks of {doc.get('chunk')}, "
+        f"{doc.get('chunks_at_once')} in flight), then one `Worker` in the same process whose handlers each "
+        "sleep: `async def` (`await asyncio.sleep`, on the process's event loop, `await worker.run_async()`) "
+        "or `def` (`time.sleep`, `worker.run()` on a thread), in burst mode, with a visibility timeout "
+        "short enough that the heartbeat (every third of it) must extend every job. "
+        "jobs/s = completed jobs / (last completion record - first handler start); the ceiling is "
+        "handlers / sleep. CPU = this process's user + system seconds over the worker's run, every thread "
+        "(the servers' not included). Threads = the process's peak thread count (idle: before the worker "
+        "started). Loop stall = the longest single callback of the event loop while the async worker ran "
+        "(every `asyncio.Handle._run` timed; in brackets the CPU time of the callback that used most, and "
+        "the longest garbage collection in the process meanwhile: a stall as long as it is the collector). "
+        "Send requests = `SendMessageBatch` requests per submitted job as botocore counted them "
+        "(embedded: `send_batch` calls on the SQLite queue). Extensions = the heartbeat's visibility "
+        "extensions per job (entries of its batch requests). Redelivered = messages received again "
+        "because their visibility ran out before the heartbeat extended it. Once = every job's handler "
+        "ran once, the job ended `completed`, and its attempt was its first delivery's.", "",
+    ]
+    header = ["handler", "concurrency", "jobs", "jobs/s", "CPU ms/job", "peak in flight", "threads",
+              "worst loop stall ms (its CPU)", "send requests per job", "extensions per job",
+              "redelivered", "once"]
+    runs: dict[str, list[Mapping[str, Any]]] = {"async": [], "threaded": []}
+    on_loop, messages_per_send = 0, []
+    for setting, label in AIO_SETTINGS.items():
+        part = doc.get(setting)
+        if not part:
+            continue
+        rows = []
+        for kind in ("async", "threaded"):
+            run = part.get(kind)
+            why = failure(run)
+            if why or not isinstance(run, Mapping):
+                rows.append([kind, f"FAILED: {why}"] + [""] * (len(header) - 2))
+                continue
+            runs[kind].append(run)
+            loop = run.get("loop") or {}
+            on_loop += sum((run.get("backend_calls_on_loop") or {}).values())
+            messages_per_send.append(get(run, "submit", "messages_per_send"))
+            rows.append([
+                kind, num(run.get("concurrency")), num(run.get("jobs")), num(run.get("jobs_per_s"), 0),
+                num(run.get("cpu_ms_per_job"), 2), num(run.get("peak_in_flight")),
+                f"{run.get('threads_peak')} (idle {run.get('threads_before')})",
+                (f"{num(loop['worst_s'] * 1000, 1)} ({num(loop.get('worst_cpu_s', 0) * 1000, 1)}"
+                 + (f"; GC {num(loop['worst_gc_s'] * 1000, 1)}" if loop.get("worst_gc_s") else "") + ")"
+                 if "worst_s" in loop else "n/a"),
+                num(get(run, "submit", "send_requests_per_job"), 2),
+                num(run.get("extensions_per_job", run.get("heartbeat_calls_per_job")), 2),
+                num(run.get("received_again")),
+                "yes" if run.get("exactly_once") else
+                f"NO ({', '.join(f'{k} {v}' for k, v in (run.get('states') or {}).items())}; "
+                f"runs max {run.get('runs_max')}"
+                + (f"; stopped after {num(run['timed_out_after_s'], 0)} s)" if run.get("timed_out_after_s")
+                   else ")"),
+            ])
+        plan = part.get("plan") or doc
+        conc, sleep_s = plan.get("concurrency"), plan.get("sleep_s")
+        quick = " (a `--quick` run: fewer than the issue's thousand)" if plan.get("quick") else ""
+        lines += [f"### {label}", "",
+                  f"{num(plan.get('jobs'))} jobs, {num(conc)} handlers sleeping {num(sleep_s, 0)} s "
+                  f"(ceiling {num(ratio(conc, sleep_s), 0)} jobs/s), visibility timeout "
+                  f"{plan.get('visibility_timeout')} s; `{plan.get('command', 'python -m bench.aio')}`, "
+                  f"measured {plan.get('measured', '?')}, {num(part.get('bench_s'), 0)} s{quick}.", "",
+                  table(header, rows), ""]
+        seen = [f"{kind}: {text} (x{n})" for kind in ("async", "threaded")
+                for text, n in (get(part, kind, "warnings") or {}).items()]
+        if seen:
+            lines += ["Logged by remotejob during the runs: " + "; ".join(seen) + ".", ""]
+    a, t = runs["async"], runs["threaded"]
+    if a and t:
+        def span(kind: list[Mapping[str, Any]], key: str, digits: int = 1) -> str:
+            return _span([r.get(key) for r in kind], digits)
+
+        stalls = [get(r, "loop", "worst_s") for r in a]
+        worst = max((s for s in stalls if isinstance(s, int | float)), default=None)
+        once = "every job" if all(r.get("exactly_once") for r in a + t) else "NOT every job"
+        worst_ms = num(worst * 1000 if worst is not None else None, 1)
+        again = sum(r.get("received_again") or 0 for r in a + t)
+        late = f" ({again} messages came back: a heartbeat was late)" if again else ""
+        lines += [
+            f"With up to {span(a, 'peak_in_flight', 0)} handlers in flight the async worker's process had "
+            f"{span(a, 'threads_peak', 0)} threads against {span(t, 'threads_peak', 0)} for the threaded "
+            f"one, and ran {span(a, 'jobs_per_s', 0)} jobs/s at {span(a, 'cpu_ms_per_job', 2)} CPU ms per "
+            f"job against {span(t, 'jobs_per_s', 0)} jobs/s at {span(t, 'cpu_ms_per_job', 2)} ms. "
+            f"`submit_many` sent {_span(messages_per_send, 1)} jobs per send request; the event loop's "
+            f"longest callback took {worst_ms} ms, {on_loop} backend calls ran on the loop's thread, and "
+            f"{once} completed exactly once with the heartbeat extending them{late}.",
+        ]
+    return "\n".join(lines).rstrip()
+
+
 def lead_section(old: str) -> str:
     """The lead's section of an earlier report, verbatim, or a placeholder under its heading."""
     match = re.search(rf"^{re.escape(LEAD_SECTION)}[ \t]*\n(.*?)(?=^## |\Z)", old, re.S | re.M)
@@ -1047,7 +1158,7 @@ def render(results: Mapping[str, Any], old: str = "") -> str:
     sections: list[Callable[[Mapping[str, Any]], str]] = [
         section_targets, section_aws_latency, section_throughput, section_cpu, section_requests,
         section_latency, section_idle, section_large, section_control, section_ui, section_scheduling,
-        section_errors,
+        section_aio, section_errors,
         section_counts,
     ]
     parts = ["\n".join(intro), *(s(results) for s in sections), section_machine(meta), lead_section(old)]
