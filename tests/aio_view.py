@@ -16,11 +16,20 @@ import inspect
 import io
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def run_on_fresh_loop(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    """``asyncio.run(coro)`` (failing past ``timeout`` seconds) on a thread of its own: the test's
+    thread may already have a running loop of another library's (Playwright's sync API leaves
+    one in the xdist worker that ran the browser tests)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="aio-test-loop") as runner:
+        return runner.submit(asyncio.run, asyncio.wait_for(coro, timeout)).result()
 
 
 class _Loop:

@@ -4,8 +4,8 @@ at once in one worker with heartbeats, retries, cancellation and the time limit 
 together, and waiting holds no thread. (The public-API contract suite runs through the async
 API too: see the ``apis`` marker in tests/conftest.py and tests/aio_view.py.)
 
-No pytest-asyncio: each test runs its coroutine with ``asyncio.run()``, under a timeout so a bug
-fails the test rather than hanging it.
+No pytest-asyncio: each test runs its coroutine with ``asyncio.run()`` (on a thread of its own),
+under a timeout so a bug fails the test rather than hanging it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 import remotejob
 import remotejob.aio
 from remotejob import JobCancelled, JobFailed
+from tests.aio_view import run_on_fresh_loop
 from tests.conftest import BackendSetup, unique
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ Assets = list[dict[str, Any]]
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
     """Run ``coro`` on a fresh event loop; fail (not hang) past ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    return run_on_fresh_loop(coro, timeout)
 
 
 def options(backend: BackendSetup, **given: Any) -> dict[str, Any]:
