@@ -148,11 +148,7 @@ class Worker:
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler must be callable, got {type(handler).__name__}")
-        sync_queue = getattr(queue, "sync", None)  # a remotejob.aio.Queue's sync one
-        if sync_queue is not None:
-            queue = sync_queue
-        if TYPE_CHECKING:
-            assert isinstance(queue, Queue)  # noqa: S101
+        queue = cast("Queue", getattr(queue, "sync", queue))  # a remotejob.aio.Queue's sync one
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError(f"concurrency must be a positive integer, got {concurrency!r}")
         if prefetch is None:
@@ -311,8 +307,8 @@ class Worker:
         from .aio.pool import LoopPool, Steps
 
         steps = Steps(self._open, self._conclude, self._trouble, self._close)
-        return LoopPool(steps, self.handler, self.concurrency, self.status, self.metrics,  # type: ignore[arg-type]
-                        self._run_loop)
+        handler = cast("AsyncHandler", self.handler)
+        return LoopPool(steps, handler, self.concurrency, self.status, self.metrics, self._run_loop)
 
     def _shut_down(self, receiver: threading.Thread) -> None:
         with self._cond:  # prefetched jobs that no handler started go back at once

@@ -21,6 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import remotejob
+import remotejob.aio
+
 T = TypeVar("T")
 
 
@@ -227,3 +230,8 @@ class _Reader(io.RawIOBase):
                 self._view.close()
             finally:
                 super().close()
+
+
+def async_view(q: remotejob.Queue) -> SyncView:
+    """``q`` seen through the async API: a :class:`SyncView` of ``remotejob.aio.Queue(q)``."""
+    return SyncView(remotejob.aio.Queue(q))

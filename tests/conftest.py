@@ -173,11 +173,9 @@ class BackendSetup:
         q = remotejob.connect(unique("q") if name is None else name, **options)
         if self.api == "sync":
             return q
-        import remotejob.aio
+        from tests.aio_view import async_view
 
-        from tests.aio_view import SyncView
-
-        view = SyncView(remotejob.aio.Queue(q))
+        view = async_view(q)
         self.views.append(view)
         return view
 

@@ -135,7 +135,8 @@ class LoopPool:
             with metrics.handling(self._status):
                 return await handler, None
         except asyncio.CancelledError:
-            if not handler.cancelled():  # this task itself is cancelled: the loop is closing
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task itself is cancelled: the loop closes
                 raise
             reason = job.delivery.stop_reason
             if reason == "time-limit":
