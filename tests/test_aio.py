@@ -31,6 +31,12 @@ LONG = 30.0
 
 Assets = list[dict[str, Any]]
 
+WORKER_SETTINGS = ("embedded", "aws")
+"""Where the async worker's tests run: what an async handler changes is the worker's side (its
+steps run by ``aio.pool`` over the threaded worker's own lifecycle code), the same over any store;
+SeaweedFS's S3 adds nothing here that the sync suites and the async contract suites (seed,
+status, batch: all three settings) do not already show, and CI's 15 minutes are tight."""
+
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
     """Run ``coro`` on a fresh event loop; fail (not hang) past ``timeout`` seconds."""
@@ -117,6 +123,7 @@ def test_a_thousand_async_handlers_run_at_once_in_one_worker_and_heartbeats_hold
 # -- retries, cancellation, the time limit ---------------------------------------------------------
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_an_async_handler_is_retried_and_after_max_attempts_fails_and_is_dead_lettered(
     backend: BackendSetup,
 ) -> None:
@@ -150,6 +157,7 @@ def test_an_async_handler_is_retried_and_after_max_attempts_fails_and_is_dead_le
     run(main())
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_a_cancel_reaches_a_running_async_handler_as_cancelled_error_and_it_is_not_retried(
     backend: BackendSetup,
 ) -> None:
@@ -195,6 +203,7 @@ def test_a_cancel_reaches_a_running_async_handler_as_cancelled_error_and_it_is_n
     run(main())
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_an_async_handler_past_its_time_limit_is_cancelled_and_the_attempt_fails_and_is_retried(
     backend: BackendSetup,
 ) -> None:
@@ -236,6 +245,7 @@ def test_an_async_handler_past_its_time_limit_is_cancelled_and_the_attempt_fails
 # -- graceful shutdown -----------------------------------------------------------------------------
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_stop_lets_async_handlers_finish_within_the_grace_and_releases_the_job_of_one_that_does_not(
     backend: BackendSetup,
 ) -> None:
@@ -291,6 +301,7 @@ def test_stop_lets_async_handlers_finish_within_the_grace_and_releases_the_job_o
 # -- the async and the sync API on one job system --------------------------------------------------
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_an_async_submitter_and_a_sync_worker_work_together(backend: BackendSetup) -> None:
     name, opts = unique("q"), options(backend)
 
@@ -315,6 +326,7 @@ def test_an_async_submitter_and_a_sync_worker_work_together(backend: BackendSetu
     run(main())
 
 
+@pytest.mark.backends(*WORKER_SETTINGS)
 def test_a_sync_submitter_and_an_async_worker_work_together_and_its_assets_stream_back(
     backend: BackendSetup,
 ) -> None:
