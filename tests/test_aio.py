@@ -407,3 +407,38 @@ def test_a_closed_connection_says_so(backend: BackendSetup) -> None:
             await aq.status(job_id)
 
     run(main())
+
+
+@pytest.mark.backends("embedded")  # thin awaited wrappers: what they call is tested on every setting
+def test_retry_redrive_purge_and_schedules_are_awaitable_too(backend: BackendSetup) -> None:
+    async def main() -> None:
+        async with await aconnect(backend, max_attempts=1) as aq:
+            job_id = await aq.submit({"body": b"fails once"})
+
+            async def fail(job: remotejob.aio.Job) -> None:
+                raise RuntimeError("broken")
+
+            assert await aq.work(fail, burst=True) == 1
+            with pytest.raises(JobFailed):
+                await aq.wait(job_id, timeout=LONG)
+            assert [letter.job for letter in await aq.dead_letters()] == [job_id]
+            assert (await aq.retry(job_id)).state == "pending"
+            assert await aq.redrive() == 0  # the retry sent it again; its dead letter stays out of it
+
+            async def succeed(job: remotejob.aio.Job) -> Assets:
+                return [{"key": "output", "body": b"fine"}]
+
+            assert await aq.work(succeed, burst=True) == 1
+            assert (await aq.wait(job_id, timeout=LONG)).state == "completed"
+
+            await aq.submit({"body": b"never runs"})
+            await aq.purge("pending")
+            assert await aq.next(timeout=0) is None
+
+            schedule = await aq.every("nightly", cron="0 2 * * *")
+            assert [s.name for s in await aq.schedules()] == ["nightly"]
+            assert (await aq.schedule("nightly")).cron == schedule.cron
+            assert await aq.unschedule("nightly") is True
+            assert await aq.schedules() == []
+
+    run(main())
