@@ -792,6 +792,7 @@ def test_a_redrive_after_a_retry_does_not_run_the_job_twice(backend: BackendSetu
 # -- redrive and dead letters --------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # above the protocols; moto's SQS is on both AWS settings
 def test_redrive_leaves_a_cancelled_jobs_dead_letter_alone(backend: BackendSetup) -> None:
     """The real path to a cancelled job's dead letter: a consumer takes the job and dies
     (q.next() and nothing more), the job is cancelled, and the queue moves the message to the

@@ -105,6 +105,7 @@ def test_a_worker_holds_a_job_for_its_own_visibility_not_the_queues(backend: Bac
 MAX_SQS_MESSAGE = 256 * 1024
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # SQS is moto's on both AWS settings; real S3 here
 def test_error_text_sqs_refuses_and_thousands_of_outputs_still_finish(backend: BackendSetup) -> None:
     q = backend.connect(max_attempts=1)
     bad, many, after = (q.submit({"body": body}) for body in (b"bad", b"many", b"after"))

@@ -253,6 +253,7 @@ def connect(backend: BackendSetup) -> remotejob.Queue:
     return q
 
 
+@pytest.mark.backends("embedded", "aws")  # moto's redrive policy is the same on both AWS settings
 def test_dead_letters_settles_a_job_the_queue_dead_lettered(backend: BackendSetup) -> None:
     """A job whose every delivery was abandoned (taken, never finished: the taker died) and that
     no idle worker looked at yet is settled by the user's own ``dead_letters()``."""

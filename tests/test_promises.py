@@ -152,6 +152,7 @@ def test_a_slow_notice_send_does_not_repeat_the_notice(backend: BackendSetup) ->
 # -- retries: exponential backoff with jitter, capped ------------------------------------------
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the worker's backoff, the same over any store; CI time
 def test_retry_delays_double_with_jitter_up_to_the_cap(backend: BackendSetup) -> None:
     """README: a failed job is given back after half to all of ``retry_delay * 2**(n-1)`` seconds
     (n = its attempt), at most ``max_retry_delay``. Read the delays off the requests the worker

@@ -212,6 +212,7 @@ def test_the_index_follows_the_journal_and_costs_one_list_when_nothing_changes(
     assert ui.job_ids("/jobs?state=completed") == [second, first]
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # the ui over the public API; CI time
 def test_actions_cancel_retry_redrive_and_purge(
     backend: BackendSetup, ui_factory: Callable[..., Ui], caplog: pytest.LogCaptureFixture
 ) -> None:
