@@ -103,6 +103,7 @@ class Stream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while chunk := await self.read(CHUNK):
             yield chunk
+        await self.close()
 
     async def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the body into the file at ``path`` atomically (as ``StoredObject.save``), then
