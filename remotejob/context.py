@@ -177,25 +177,28 @@ class Context:
         """A message as sent: signed when this job system has signing keys."""
         return text if self.signing is None else self.signing.sign(text)
 
-    def open(self, queue: str, message: Message) -> Envelope | None:
+    def open(self, queue: str, message: Message, delete: bool = True) -> Envelope | None:
         """Verify (with signing keys) and decode a received message; a message that fails goes
-        to the dead-letter queue with the reason, is counted in ``rejected``, and gives None."""
+        to the dead-letter queue with the reason (and is deleted from ``queue`` unless not
+        ``delete``), is counted in ``rejected``, and gives None."""
         try:
             if self.signing is not None:
                 self.signing.verify(message.body)
             return decode(message.body)
         except EnvelopeError as exc:
-            self.reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc))
+            self.reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc), delete)
             return None
 
-    def reject(self, queue: str, message: Message, reason: str, detail: str) -> None:
-        """Count a refused message and move it to the dead-letter queue with the reason."""
+    def reject(self, queue: str, message: Message, reason: str, detail: str, delete: bool = True) -> None:
+        """Count a refused message and move it to the dead-letter queue with the reason (with
+        ``delete`` false, only a copy: its deletion is left to whoever received it)."""
         with self.lock:
             self.rejected[reason] += 1
         logger.warning("moving a refused message from %s to the dead-letter queue: %s: %s",
                        queue, reason, detail)
         self.queues.send(self.dead_letters, wrap_dead(message.body, queue, f"{reason}: {detail}"))
-        self.queues.delete(queue, message.receipt)
+        if delete:
+            self.queues.delete(queue, message.receipt)
 
     def count_rejected(self, reason: str) -> None:
         """Count a message refused without moving it (e.g. a replay dropped)."""

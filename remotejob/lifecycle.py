@@ -106,6 +106,9 @@ class Delivery:
     """When (monotonic) the stop was first requested."""
     default_limit: float | None = None
     """The worker's time limit for jobs submitted without one."""
+    cap: float | None = None
+    """The most this attempt may run, whatever its time limit: the time an event source (an AWS
+    Lambda invocation) left it when it started."""
     observer: Observer | None = None
     """Who counts outcomes (the worker's metrics), if anyone."""
     input_size: int | None = None
@@ -155,8 +158,12 @@ class Delivery:
 
     @property
     def time_limit(self) -> float | None:
-        """The job's time limit in seconds: its own (given at submit), else the worker's; or None."""
-        return self.envelope.limit if self.envelope.limit is not None else self.default_limit
+        """The job's time limit in seconds: its own (given at submit), else the worker's, at most
+        the :attr:`cap`; or None."""
+        limit = self.envelope.limit if self.envelope.limit is not None else self.default_limit
+        if self.cap is None:
+            return limit
+        return self.cap if limit is None else min(limit, self.cap)
 
 
 # -- before the handler --------------------------------------------------------------------------

@@ -47,15 +47,20 @@ class Outbox:
     Args:
         queues: the message queues.
         linger_s: the longest a finished job waits before its batch is sent.
-        done: called with each job's ``owner`` once its notice and deletion were tried.
+        done: called with each job's ``owner`` once its notice and deletion were tried, and
+            whether its notice went (True also for a job without one).
     """
 
     def __init__(
-        self, queues: MessageQueue, linger_s: float = LINGER_S, done: Callable[[object], None] | None = None
+        self, queues: MessageQueue, linger_s: float = LINGER_S,
+        done: Callable[[object, bool], None] | None = None,
     ) -> None:
         self.queues = queues
         self.linger_s = linger_s
         self.done = done
+        self.delete = True
+        """False where someone else deletes finished jobs' messages (an event source such as
+        AWS Lambda's, once it is told which of them are done with): only notices are sent."""
         self._waiting: list[Finished] = []
         self._oldest = 0.0
         self._cond = threading.Condition()
@@ -113,18 +118,23 @@ class Outbox:
     def _flush(self, jobs: list[Finished]) -> None:
         if not jobs:
             return
+        unsent = {id(job) for job in jobs}
         try:
-            self._steps(jobs)
+            unsent = self._steps(jobs)
         except Exception:  # noqa: BLE001 - the outbox must outlive any one batch's trouble
             logger.exception("could not finish %d jobs' notices and deletions (their messages come "
                              "back and are finished from their records)", len(jobs))
         finally:
             if self.done is not None:
                 for job in jobs:
-                    self.done(job.owner)
+                    self.done(job.owner, id(job) not in unsent)
 
-    def _steps(self, jobs: list[Finished]) -> None:
+    def _steps(self, jobs: list[Finished]) -> set[int]:
+        """Send the notices, then delete the deliveries whose notice went; return the ids of the
+        jobs whose notice may not have gone."""
         unsent = self._send_notices(jobs)
+        if not self.delete:
+            return unsent
         deletable = [job for job in jobs if id(job) not in unsent]
         by_queue: dict[str, list[str]] = {}
         for job in deletable:
@@ -138,6 +148,7 @@ class Outbox:
                 except (RemoteJobError, ValueError) as exc:
                     logger.warning("could not delete finished jobs' messages (they come back and are "
                                    "finished from their records): %s", exc)
+        return unsent
 
     def _send_notices(self, jobs: list[Finished]) -> set[int]:
         """Send the notices; return the ids of the jobs whose notice may not have gone."""

@@ -209,6 +209,8 @@ class Worker:
         cancellations.interval = min(cancellations.interval, cancel_check, heartbeat_s)
         self._watch = Watch(self.ctx, cancel_grace, self._abandon)
         self._settling: set[Job] = set()
+        self._deadline: float | None = None  # process(): when (epoch) the event source's time is up
+        self._unsent: set[Job] = set()  # process(): finished jobs whose notice did not go
         self._pool: HandlerPool[Job] | LoopPool = HandlerPool(0, self._execute, "remotejob-handler")
         # A finished job stays held (invisible) until its outbox has sent its notice and deleted it.
         self._outbox = Outbox(self.ctx.queues, done=self._let_go_of)
@@ -300,6 +302,61 @@ class Worker:
             raise
         finally:
             self._run_loop = None
+
+    def process(self, received: Sequence[tuple[str, Message]], deadline: float | None = None) -> list[bool]:
+        """Run the jobs of messages that someone else received, ``(queue, message)`` pairs (an
+        event source such as AWS Lambda's SQS poller: see :mod:`remotejob.aws_lambda`), with
+        this worker's concurrency, retries and bookkeeping, and wait for them. Never deletes a
+        message: that is left to the caller.
+
+        Args:
+            received: the deliveries, from this worker's status queue (or its priority levels').
+            deadline: when (seconds since the epoch) the caller's time is up: a job still
+                running then is asked to stop (as past a time limit: its attempt failed, to be
+                retried), and one not started by then goes back to its queue at once.
+
+        Returns:
+            For each delivery, in order: True if its message is done with and should be deleted
+            (its outcome is recorded and its notice sent; it was a duplicate of a finished job;
+            or it was not a job and went to the dead-letter queue), False if it must come back
+            (a retry, visible again after the backoff this call set; a stop; an outcome or
+            notice that could not be recorded).
+        """
+        with self._cond:
+            self._stop_level = 0
+            self._released.clear()
+        self._deadline = deadline
+        self._unsent.clear()
+        self._outbox.delete = False
+        pool = self._pool = self._make_pool()
+        self._heartbeat.start()
+        self._watch.start()
+        self._outbox.start()
+        dispatched: list[Job | bool] = []
+        try:
+            for queue, message in received:
+                try:
+                    dispatched.append(self._dispatch(message, pool, queue))
+                except RemoteJobError as exc:  # it comes back when its visibility runs out
+                    logger.error("could not hand a message from %s on: %s", queue, exc)
+                    dispatched.append(False)
+            with self._cond:
+                while any(job in self._running for job in dispatched if isinstance(job, Job)):
+                    self._cond.wait(0.2)
+        finally:
+            pool.shutdown(wait=not self.interrupted)
+            self._outbox.close()  # sends the notices before the caller deletes the messages
+            self._outbox.delete = True
+            if self.ctx.journal is not None:
+                self.ctx.journal.flush()
+            self._watch.stop()
+            self._heartbeat.stop()
+            self._deadline = None
+        return [job if isinstance(job, bool) else self._done_with(job) for job in dispatched]
+
+    def _done_with(self, job: Job) -> bool:
+        d = job.delivery
+        return d.acknowledged and not d.released and job not in self._unsent
 
     def _make_pool(self) -> HandlerPool[Job] | LoopPool:
         if not self._async_handler:
@@ -431,9 +488,11 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the worker
             logger.warning("could not prune the job journal: %s", exc)
 
-    def _let_go_of(self, owner: object) -> None:
+    def _let_go_of(self, owner: object, sent: bool) -> None:
         if isinstance(owner, Job):
             self._heartbeat.release(owner)
+            if not sent and not self._outbox.delete:  # in process(): its message must come back
+                self._unsent.add(owner)
 
     def _idle(self, polled_at: float) -> bool:
         """Nothing runs, and the empty poll began after every retry this worker delayed was due."""
@@ -458,20 +517,23 @@ class Worker:
                 except RemoteJobError as exc:
                     logger.warning("could not give back messages while stopping: %s", exc)
 
-    def _dispatch(self, message: Message, pool: HandlerPool[Job], queue: str) -> None:
-        envelope = self.ctx.open(queue, message)
+    def _dispatch(self, message: Message, pool: HandlerPool[Job] | LoopPool, queue: str) -> Job | bool:
+        """Hand a received message to the pool; return its job, or True for a message that was
+        not a job (moved to the dead-letter queue, or dropped)."""
+        envelope = self.ctx.open(queue, message, delete=self._outbox.delete)
         if envelope is None:
             if self.metrics is not None:
                 self.metrics.outcome(self.status, "dead_lettered")  # refused: see Context.open
-            return
+            return True
         delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit,
                             observer=self.metrics, source=queue)
         job = Job(delivery)
         delivery.owner = job
         if envelope.kind != "job":
             logger.warning("a completion notice in %s is not a job; removing it", queue)
-            job.acknowledge()
-            return
+            if self._outbox.delete:
+                job.acknowledge()
+            return True
         with self._cond:
             self.taken += 1
             self._running[job] = time.monotonic()
@@ -486,6 +548,7 @@ class Worker:
             timer.start()
         else:
             pool.submit(job)
+        return job
 
     # -- running ---------------------------------------------------------------------------
 
@@ -511,6 +574,13 @@ class Worker:
                 return False
             job.delivery.started = time.time()
             job.running = True
+        if self._deadline is not None:
+            left = self._deadline - job.delivery.started
+            if left <= 0:
+                logger.info("job %s: no time left to run it; gave it back", job.id)
+                lifecycle.release(job.delivery)
+                return False
+            job.delivery.cap = left
         if not lifecycle.begin(job.delivery):
             return False
         self._watch.started(job)
@@ -594,7 +664,8 @@ class Worker:
         elif not isinstance(exc, TimeLimitExceeded):
             detail = "" if exc is None or isinstance(exc, Cancelled) else f"; then: {error_text(exc)}"
             limit = job.time_limit or 0
-            exc = TimeLimitExceeded(f"job {job.id!r} ran past its time limit of {limit:g} s{detail}")
+            what = "its time limit" if job.delivery.cap != limit else "the time its invocation left it"
+            exc = TimeLimitExceeded(f"job {job.id!r} ran past {what} of {limit:g} s{detail}")
         self._failed(job, exc)
 
     def _abandon(self, job: Job) -> None:
