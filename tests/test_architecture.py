@@ -8,9 +8,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "remotejob"
 CLIENTS = {"remotejob", "remotejob.queue", "remotejob.cost", "remotejob.doctor", "remotejob.policy",
-           "remotejob.aio", "remotejob.aio.queue"}
+           "remotejob.aio", "remotejob.aio.queue", "remotejob.aws_lambda"}
 """The façade itself and the modules built on it (the command line and the ui are too; the async
-façade wraps the sync one)."""
+façade wraps the sync one; the Lambda handlers connect like any program)."""
 
 
 def _modules() -> dict[str, ast.Module]:
