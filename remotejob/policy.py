@@ -1,4 +1,4 @@
-"""Least-privilege IAM policies for the three roles of a job system on AWS.
+"""Least-privilege IAM policies for the roles of a job system on AWS.
 
 ``remotejob iam-policy --role ROLE`` prints one. Each is scoped to the job system's own bucket
 prefix and queues (see :mod:`remotejob.keys` for the layout) and grants what that role's code
@@ -34,6 +34,10 @@ actually calls, no more:
   queue (settling jobs the queue dead-lettered by itself, as a listing does). The statements
   whose ``Sid`` starts with ``Act`` are what its actions need: cancel, retry, redrive and purge
   (the status and dead-letter queues); drop them for a ``--read-only`` dashboard.
+- **scaler** (``remotejob metrics --cloudwatch``): reads the depths of the status queues (and
+  their priority levels'), puts metrics in one CloudWatch namespace (``cloudwatch:namespace``
+  condition: PutMetricData has no resource to scope) and reads ECS services' task counts
+  (``ecs:DescribeServices`` on one service, or the account's). Nothing in S3, no message.
 - **admin** (``init``, ``doctor``, ``stats``, ``dead``, ``purge``): everything under the prefix
   and on the queues (including ``<name>-probe-*`` for ``stats --probe``), and the bucket's
   settings: creation, public access block, default encryption.
@@ -70,7 +74,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .queue import Queue
 
-ROLES = ("submitter", "worker", "admin", "dashboard")
+ROLES = ("submitter", "worker", "admin", "dashboard", "scaler")
 PRIORITY_LEVELS = ("high", "low")
 """The levels whose jobs wait in queues of their own, ``<name>-<status>-<level>``."""
 NOTICES = "completed"
@@ -176,14 +180,20 @@ def scope(
     return Scope(queue.name, tuple(queue.statuses), bucket, prefix, on_sqs, region, account, sse, kms)
 
 
-def policy(role: str, where: Scope) -> dict[str, Any]:
+def policy(role: str, where: Scope, *, namespace: str = "remotejob", ecs_service: str | None = None
+           ) -> dict[str, Any]:
     """The IAM policy document (``{"Version": ..., "Statement": [...]}``) for ``role``.
+
+    ``namespace`` and ``ecs_service`` (``CLUSTER/SERVICE``; None: any service) scope the
+    scaler's CloudWatch and ECS statements.
 
     Raises:
         ConfigError: an unknown role.
     """
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    if role == "scaler":
+        return {"Version": "2012-10-17", "Statement": _scaler(where, namespace, ecs_service)}
     statements: list[dict[str, Any]] = []
     if where.bucket is not None:
         statements += {"submitter": _submitter_s3, "worker": _worker_s3, "admin": _admin_s3,
@@ -370,6 +380,30 @@ def _admin_sqs(where: Scope) -> list[dict[str, Any]]:
             "sqs:ReceiveMessage", _DELETE, _VISIBILITY, _SEND,
         ], where.queues(*names)),
     ]
+
+
+# -- the scaler --------------------------------------------------------------------------------
+
+
+def _scaler(where: Scope, namespace: str, ecs_service: str | None) -> list[dict[str, Any]]:
+    """Depth reads (``GetQueueUrl`` finds a queue, ``GetQueueAttributes`` reads its counts; a
+    level's queue that does not exist is looked up and skipped), metrics in ``namespace`` only,
+    and one ECS service's (or any service's) description."""
+    statements = []
+    if where.sqs:
+        statements.append(_allow("ReadQueueDepths", ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+                                 where.queues(*where.status_queues())))
+    statements.append(_allow("PutBacklogMetrics", ["cloudwatch:PutMetricData"], ["*"],
+                             {"StringEquals": {"cloudwatch:namespace": namespace}}))
+    service = "*"
+    if ecs_service:
+        cluster, _, name = ecs_service.rpartition("/")
+        if not cluster or not name:
+            raise ConfigError(f"{ecs_service!r} is not CLUSTER/SERVICE, e.g. jobs-cluster/thumbnail-workers")
+        service = f"{cluster.rpartition(':cluster/')[2]}/{name}"  # a cluster's ARN: its name
+    statements.append(_allow("ReadServiceTasks", ["ecs:DescribeServices"],
+                             [f"arn:{where.partition}:ecs:{where.region}:{where.account}:service/{service}"]))
+    return statements
 
 
 # -- KMS ---------------------------------------------------------------------------------------

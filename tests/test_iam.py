@@ -415,3 +415,66 @@ def test_iam_policy_needs_aws_and_valid_ids(tmp_path: Path) -> None:
     good = runner.invoke(main, ["--store", "s3://my-bucket", "--queues", "sqs://eu-west-1", "iam-policy",
                                 "--role", "worker"])
     assert good.exit_code == 0 and "arn:aws:sqs:eu-west-1:*:jobs-pending" in good.output
+
+
+def test_scaler_policy_publishes_backlog_and_reads_nothing_else(system: JobSystem) -> None:
+    """`remotejob metrics --cloudwatch` runs under the scaler's policy: queue depths, metrics in
+    one namespace, ECS services' task counts; no message, no object."""
+    document = system.printed("scaler")
+    granted: dict[str, list[dict[str, Any]]] = {}
+    for statement in document["Statement"]:
+        for action in statement["Action"]:
+            granted.setdefault(action, []).append(statement)
+    assert sorted(granted) == ["cloudwatch:PutMetricData", "ecs:DescribeServices", "sqs:GetQueueAttributes",
+                               "sqs:GetQueueUrl"]
+    [put] = granted["cloudwatch:PutMetricData"]
+    assert put["Resource"] == ["*"]  # PutMetricData has no resource: the namespace is the scope
+    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "remotejob"}}
+    [depths] = granted["sqs:GetQueueAttributes"]
+    assert sorted(depths["Resource"]) == sorted(
+        f"arn:aws:sqs:{servers.REGION}:*:{system.name}-{status}{level}"
+        for status in STATUSES for level in ("", "-high", "-low"))
+    # moto checks CloudWatch's and ECS's actions against resource "*", evaluates no
+    # cloudwatch:namespace condition and names PutMetricData by its signing name (monitoring:):
+    # the test grants those unscoped (their scope is asserted above and in the test below); the
+    # SQS part is enforced as printed.
+    document["Statement"].append({"Sid": "MotoUnscoped", "Effect": "Allow", "Resource": "*", "Action": [
+        "sqs:GetQueueUrl", "monitoring:PutMetricData", "ecs:DescribeServices"]})
+    scaler = system.moto.user("scaler", document)
+    root = system.connect(system.moto.root)
+    root.submit_many([{"body": b"x"}] * 3)
+    root.submit({"body": b"y"}, priority="high")
+
+    endpoint = system.moto.server.endpoint
+    result = CliRunner().invoke(
+        main, ["--name", system.name, "--store", system.store_url, "--queues", "sqs://", "metrics",
+               "--cloudwatch", "--workers", "2", "--json"],
+        env={"AWS_ACCESS_KEY_ID": scaler.key_id, "AWS_SECRET_ACCESS_KEY": scaler.secret,
+             "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ENDPOINT_URL_SQS": endpoint,
+             "AWS_ENDPOINT_URL_CLOUDWATCH": endpoint, "AWS_ENDPOINT_URL_ECS": endpoint},
+    )
+    assert result.exit_code == 0, result.output
+    [pending] = json.loads(result.stdout)["backlog"]
+    assert (pending["status"], pending["backlog"], pending["per_worker"]) == ("pending", 4, 2)
+
+    q = system.connect(scaler)
+    _refused(lambda: q.message_queue.receive(f"{system.name}-pending", 1, 0), scaler.secret)
+    _refused(lambda: q.message_queue.send(f"{system.name}-pending", "a forged job"), scaler.secret)
+    _refused(lambda: q.object_store.put("in/forged", b"not a scaler's to write"), scaler.secret)
+
+
+def test_scaler_policy_is_scoped_to_a_namespace_and_a_service() -> None:
+    where = Scope("photos", ("pending",), "my-bucket", "", True, "eu-west-1", "123456789012")
+    document = policy("scaler", where, namespace="team/jobs", ecs_service="prod/photo-workers")
+    by_sid = {s["Sid"]: s for s in document["Statement"]}
+    assert by_sid["PutBacklogMetrics"]["Condition"]["StringEquals"] == {"cloudwatch:namespace": "team/jobs"}
+    assert by_sid["ReadServiceTasks"]["Resource"] == [
+        "arn:aws:ecs:eu-west-1:123456789012:service/prod/photo-workers"]
+    assert by_sid["ReadQueueDepths"]["Resource"] == [
+        f"arn:aws:sqs:eu-west-1:123456789012:photos-pending{level}" for level in ("", "-high", "-low")]
+    arn = policy("scaler", where, ecs_service="arn:aws:ecs:eu-west-1:123456789012:cluster/prod/photo-workers")
+    assert [s["Resource"] for s in arn["Statement"] if s["Sid"] == "ReadServiceTasks"] == [
+        ["arn:aws:ecs:eu-west-1:123456789012:service/prod/photo-workers"]]
+    assert not any(a.startswith("s3:") for s in document["Statement"] for a in s["Action"])
+    with pytest.raises(ConfigError, match="CLUSTER/SERVICE"):
+        policy("scaler", where, ecs_service="photo-workers")

@@ -248,8 +248,8 @@ class Translate:
         if code in _PERMISSION_CODES:
             return BackendUnavailable(
                 f"{where} refused {doing} ({code}): the credentials in use are not allowed to: check "
-                "that identity's IAM policy (`remotejob iam-policy --role submitter|worker|admin|dashboard` "
-                "prints what each role needs)"
+                "that identity's IAM policy (`remotejob iam-policy --role "
+                "submitter|worker|admin|dashboard|scaler` prints what each role needs)"
             )
         if code in _CREDENTIAL_CODES or status == 403:
             return BackendUnavailable(

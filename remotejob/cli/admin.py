@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from .. import keys, levels
+from .. import keys, scaling
 from ..cost import PRICES_TAKEN, Cost, price_per_million
 from ..cost import probe as cost_probe
 from ..queue import Queue
@@ -24,34 +24,44 @@ def _counts() -> dict[str, int]:
 @click.option("--probe", type=click.IntRange(min=1, max=1000), default=None, metavar="N",
               help="Run N no-op jobs in queues <name>-probe-* and show their requests per job and "
                    "$ per million jobs.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="The workers (or tasks) running now: show each status's backlog per worker "
+                   "(0 workers: the whole backlog).")
+@click.option("--per-worker", "target", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="T", help="The backlog one worker should have (acceptable latency / job time x "
+                                "concurrency): show the workers each status wants, ceil(backlog / T).")
+@click.option("--min-workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --per-worker: want at least N workers (default 0).")
+@click.option("--max-workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With --per-worker: want at most N workers (default: no bound).")
 @pass_context
-def stats(ctx: Context, as_json: bool, probe: int | None) -> None:
+def stats(ctx: Context, as_json: bool, probe: int | None, workers: int | None, target: float | None,
+          min_workers: int | None, max_workers: int | None) -> None:
     """Per status queue (and its priority levels' queues, once they exist): messages waiting, in
-    flight and delayed; dead letters; on AWS, the
-    requests this command made by operation; with --probe, what a job costs.
+    flight and delayed; per status, its backlog (waiting + in flight, over its levels' queues),
+    per worker with --workers, and the workers it wants with --per-worker; dead letters; on AWS,
+    the requests this command made by operation; with --probe, what a job costs.
 
     \b
     Example:
       remotejob stats
       remotejob stats --probe 50
       remotejob stats --json | jq '.queues[] | select(.waiting > 0)'
+      remotejob stats --json --workers 4 --per-worker 100 --max-workers 20 | jq '.backlog[0]'
     """
+    _check_bounds(target, min_workers, max_workers)
     with ctx.errors():
         q = ctx.connect()
         q.init()
-        rows: list[dict[str, Any]] = []
-        found = levels.level_depths(q.context)  # the priority levels' queues that exist
-        for status in q.statuses:
-            for level in (None, "high", "low"):
-                name = keys.queue_name(q.name, status, level)
-                depth = found.get(f"{status}-{level}") if level else q.message_queue.depth(name)
-                if depth is not None:
-                    rows.append({"queue": name, "status": status, "priority": level or "normal",
-                                 "waiting": depth.waiting, "in_flight": depth.in_flight,
-                                 "delayed": depth.delayed})
+        found = scaling.depths(q)
+        rows: list[dict[str, Any]] = [
+            {"queue": r.queue, "status": r.status, "priority": r.priority, "waiting": r.depth.waiting,
+             "in_flight": r.depth.in_flight, "delayed": r.depth.delayed} for r in found]
+        backlog = [b.doc(workers, target, min_workers or 0, max_workers) for b in scaling.backlogs(found)]
         dead = q.message_queue.depth(keys.dead_letter_name(q.name))
         doc: dict[str, Any] = {"name": q.name, "store": q.object_store.location, "queues": rows,
-               "dead_letters": dead.waiting + dead.in_flight + dead.delayed, "requests": _counts()}
+               "dead_letters": dead.waiting + dead.in_flight + dead.delayed, "requests": _counts(),
+               "backlog": backlog}
         if probe is not None:
             cost = cost_probe(q, probe)
             doc["per_job"] = {"jobs": cost.jobs, "requests": cost.per_job, "sqs": cost.sqs, "s3": cost.s3,
@@ -63,12 +73,39 @@ def stats(ctx: Context, as_json: bool, probe: int | None) -> None:
     table(("queue", "waiting", "in flight", "delayed"),
           [(r["queue"], r["waiting"], r["in_flight"], r["delayed"]) for r in rows],
           title=f"{q.name} in {q.object_store.location}")
+    _print_backlog(backlog, workers, target)
     out.print(f"dead letters: {doc['dead_letters']} (remotejob dead list)")
     if probe is not None:
         _print_cost(cost)
     elif doc["requests"]:
         title = "AWS requests this command made"
         table(("operation", "requests"), sorted(doc["requests"].items()), title=title)
+
+
+def _check_bounds(target: float | None, min_workers: int | None, max_workers: int | None) -> None:
+    if target is None and (min_workers is not None or max_workers is not None):
+        raise click.UsageError("--min-workers and --max-workers bound the workers --per-worker asks for: "
+                               "give --per-worker T too")
+    if min_workers is not None and max_workers is not None and min_workers > max_workers:
+        raise click.UsageError(f"--min-workers ({min_workers}) is more than --max-workers ({max_workers})")
+
+
+def _print_backlog(backlog: list[dict[str, Any]], workers: int | None, target: float | None) -> None:
+    columns = ["status", "backlog", "waiting", "in flight", "delayed"]
+    columns += ["per worker"] if workers is not None else []
+    columns += ["workers wanted"] if target is not None else []
+    rows = []
+    for b in backlog:
+        row = [b["status"], b["backlog"], b["visible"], b["in_flight"], b["delayed"]]
+        row += [f"{b['per_worker']:g}"] if workers is not None else []
+        row += [b["desired_workers"]] if target is not None else []
+        rows.append(row)
+    title = "backlog per status (waiting + in flight, over its priority levels)"
+    if workers is not None:
+        title += f", {workers} worker(s)"
+    if target is not None:
+        title += f", aiming at {target:g} per worker"
+    table(columns, rows, title=title)
 
 
 def _print_cost(cost: Cost) -> None:

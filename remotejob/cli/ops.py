@@ -54,16 +54,20 @@ def doctor(ctx: Context, as_json: bool, statuses: tuple[str, ...]) -> None:
 @main.command(name="iam-policy")
 @click.option("--role", type=click.Choice(ROLES), required=True,
               help="submitter: submit and read results; worker: run jobs; admin: init, doctor, stats, "
-                   "dead, purge.")
+                   "dead, purge; dashboard: remotejob ui; scaler: remotejob metrics --cloudwatch.")
 @click.option("--account", default=None, metavar="ID", help="AWS account id in queue ARNs (default: *).")
 @click.option("--region", default=None,
               help="Region in queue ARNs (default: sqs://REGION, AWS_REGION or the profile's, else *).")
 @click.option("--status", "statuses", multiple=True, metavar="S", help=_STATUS_HELP)
+@click.option("--namespace", default="remotejob", show_default=True,
+              help="scaler: the CloudWatch namespace it may put metrics in.")
+@click.option("--ecs-service", default=None, metavar="CLUSTER/SERVICE",
+              help="scaler: the one ECS service it may describe (default: any in the account).")
 @click.option("--json", "as_json", is_flag=True, help="Print the document on one line.")
 @pass_context
 def iam_policy(
     ctx: Context, role: str, account: str | None, region: str | None, statuses: tuple[str, ...],
-    as_json: bool,
+    namespace: str, ecs_service: str | None, as_json: bool,
 ) -> None:
     """Print a least-privilege IAM policy for one role of this job system.
 
@@ -79,7 +83,8 @@ def iam_policy(
     """
     with ctx.errors():
         q = ctx.connect(**_options(statuses))
-        document = policy(role, scope(q, region=region, account=account))
+        document = policy(role, scope(q, region=region, account=account), namespace=namespace,
+                          ecs_service=ecs_service)
     if as_json:
         emit_json(document)
     else:
