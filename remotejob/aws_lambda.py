@@ -71,10 +71,15 @@ class SqsEventHandler:
                 f"reserve ({reserve!r} s) must be more than cancel_grace ({options['cancel_grace']!r} s): a "
                 "job asked to stop needs its grace and the recording of its outcome before the "
                 "invocation ends")
-        for fixed in ("status", "concurrency", "handle_signals", "burst", "max_jobs"):
+        for fixed in ("status", "concurrency", "handle_signals", "burst", "max_jobs", "grace_period"):
             if fixed in options:
                 raise ConfigError(f"worker_options may not set {fixed!r}: the event source mapping and "
-                                  "handler() decide it")
+                                  "handler()'s own arguments decide it")
+        for housekeeping in ("schedule_check", "dead_letter_check", "metrics_port", "metrics_host"):
+            if housekeeping in options:
+                raise ConfigError(f"worker_options may not set {housekeeping!r}: a function lives only "
+                                  "while invoked; run remotejob.aws_lambda.clock_handler() on a schedule "
+                                  "for the clock and the dead letters")
         self.queue = queue
         self.job_handler = job_handler
         self.concurrency = concurrency
@@ -86,8 +91,7 @@ class SqsEventHandler:
         }
         self._workers: dict[str, Worker] = {}
         self._lock = threading.Lock()
-        Worker(queue, job_handler, concurrency=concurrency, handle_signals=False,  # check the options now
-               dead_letter_check=None, schedule_check=None, **options)
+        self.worker(queue.statuses[0])  # the options are checked now, not at the first event
 
     def worker(self, status: str) -> Worker:
         """The worker that runs ``status``'s records (made once per execution environment)."""

@@ -307,7 +307,7 @@ class Worker:
         """Run the jobs of messages that someone else received, ``(queue, message)`` pairs (an
         event source such as AWS Lambda's SQS poller: see :mod:`remotejob.aws_lambda`), with
         this worker's concurrency, retries and bookkeeping, and wait for them. Never deletes a
-        message: that is left to the caller.
+        message: that is left to the caller. One call at a time per worker.
 
         Args:
             received: the deliveries, from this worker's status queue (or its priority levels').

@@ -282,6 +282,10 @@ def test_events_from_elsewhere_are_refused_with_a_clear_error(backend: Any) -> N
         lambda_for(q, reserve=2.0)
     with pytest.raises(remotejob.ConfigError, match="concurrency"):
         lambda_for(q, worker_options={"concurrency": 3})
+    with pytest.raises(remotejob.ConfigError, match="clock_handler"):
+        lambda_for(q, worker_options={"schedule_check": 60})
+    with pytest.raises(remotejob.ConfigError, match="retry_delay"):
+        lambda_for(q, worker_options={"retry_delay": -1})
 
 
 @pytest.mark.backends("embedded", "aws")
