@@ -254,7 +254,7 @@ class Worker:
         taken_before = self.taken
         with self._cond:
             self._stop_level = 0
-            self._released.clear()
+            self._forget_released()
         self._stopping.clear()
         previous = self._install_signals()
         pool = self._pool = self._make_pool()
@@ -324,7 +324,7 @@ class Worker:
         """
         with self._cond:
             self._stop_level = 0
-            self._released.clear()
+            self._forget_released()
         self._deadline = deadline
         self._unsent.clear()
         self._outbox.delete = False
@@ -353,6 +353,11 @@ class Worker:
             self._heartbeat.stop()
             self._deadline = None
         return [job if isinstance(job, bool) else self._done_with(job) for job in dispatched]
+
+    def _forget_released(self) -> None:
+        """At a new run: forget the jobs let go of earlier, but for those whose handler still
+        runs (abandoned, or cut off by a stop), so that what they return stays discarded."""
+        self._released = {job for job in self._released if job.running}
 
     def _done_with(self, job: Job) -> bool:
         d = job.delivery

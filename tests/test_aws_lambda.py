@@ -21,6 +21,7 @@ import remotejob
 import remotejob.aws_lambda
 from remotejob.backends.base import Message
 from remotejob.envelope import decode
+from tests.conftest import wait_until
 from tests.faults import connect_faulty
 
 REGION = "us-east-1"
@@ -334,3 +335,31 @@ def test_a_record_whose_notice_did_not_go_comes_back_and_is_finished_from_its_re
     assert poller.invoke(fn, poller.receive(1)) == set()
     assert sorted(runs) == sorted(ids)  # nobody ran twice
     assert lost in notices(q)
+
+
+@pytest.mark.backends("embedded")  # the worker's own bookkeeping across invocations
+def test_a_handler_abandoned_in_one_invocation_cannot_record_its_result_in_a_later_one(
+    backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = connect(backend)
+    stuck_id = q.submit({"body": b"stuck"})
+    release, returned = threading.Event(), threading.Event()
+
+    def handler(job: remotejob.Job) -> list[dict[str, Any]]:
+        if job.id == stuck_id:  # ignores the request to stop, then returns late
+            release.wait(30)
+            returned.set()
+        return upper(job)
+
+    options = {"cancel_grace": 0.5, "retry_delay": 600}  # its retry stays out of the way
+    fn, poller = lambda_for(q, handler, reserve=1.0, worker_options=options), Poller(q)
+    first = poller.receive(1)
+    assert poller.invoke(fn, first, LambdaContext(remaining_s=2.5)) == {first[0].message_id}
+    other = q.submit({"body": b"next"})
+    assert poller.invoke(fn, poller.receive(1)) == set()  # the next invocation, same worker
+    assert q.status(other).state == "completed"
+    release.set()
+    assert returned.wait(10)
+    wait_until(lambda: "its result is discarded" in caplog.text)
+    assert caplog.text.count("failed attempt 1") == 1  # its end was recorded once, when abandoned
+    assert q.status(stuck_id).state == "pending"
