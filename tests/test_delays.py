@@ -83,8 +83,9 @@ def test_scheduled_jobs_say_so_and_never_start_before_they_are_due(backend: Back
     dues = {}
     for job_id in ids:
         st = q.status(job_id)
-        assert st.state == "scheduled", (job_id, st)
         assert st.due is not None and before < st.due < time.time() + 4.5
+        if time.time() < st.due:  # read before it was due (a loaded machine may take longer)
+            assert st.state == "scheduled", (job_id, st)
         dues[job_id] = st.due
     assert len(_parked(q)) == 1  # the parked submit is one timer; the others are in their queue
 
