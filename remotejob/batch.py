@@ -252,13 +252,18 @@ def _send(ctx: Context, when: _When, now: float, jobs: list[_Job], batch_id: str
         send(batches[0])
     else:  # a few requests in flight at once: under network latency, ~SENDERS times sooner
         with ThreadPoolExecutor(min(SENDERS, len(batches)), thread_name_prefix="remotejob-send") as pool:
-            futures = [pool.submit(send, batch) for batch in batches]
-            try:
+            try:  # a Ctrl-C while handing the batches out, too, lets those in flight finish
+                futures = []
+                for batch in batches:
+                    futures.append(pool.submit(send, batch))
                 for future in futures:
                     future.result()
             except BaseException as exc:  # noqa: BLE001 - e.g. Ctrl-C while waiting: send no more
                 with lock:
                     error = error or exc
+        if error is not None:  # every send handed out has ended: the others were never tried
+            tried = sent.keys() | failed.keys() | uncertain.keys()
+            failed.update({i: "not sent" for i in range(len(jobs)) if i not in tried})
     if error is None:
         return [job.id for job in jobs]
     _forget(ctx, jobs, failed, batch_id, status, now)
