@@ -185,7 +185,6 @@ def test_partial_failure_in_a_batch_of_ten_names_only_the_failed_records(backend
     assert len(poller.receive(3)) == 3  # the three come back for their next attempt
 
 
-@pytest.mark.backends("embedded", "aws-real-s3")  # a duplicate's fate rests on the create-once claim
 def test_a_duplicate_record_runs_once(backend: Any) -> None:
     q = connect(backend)
     job_id = q.submit({"body": b"once"})

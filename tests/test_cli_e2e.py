@@ -32,6 +32,9 @@ SCRIPT = Path(sys.executable).with_name("remotejob")
 # The CLI runs on the embedded default and on one AWS setting: aws-real-s3, whose SeaweedFS
 # also checks the credentials the commands were given (moto's S3 accepts any; both use moto's SQS).
 pytestmark = pytest.mark.backends("embedded", "aws-real-s3")
+# ADMIN: the admin commands (dead list / redrive, purge, --json) format what the API returns; the
+# API's suites prove those calls on every setting and the commands above the CLI's AWS path
+# (credentials, endpoints), so these run on the embedded default only.
 CONNECTION_VARS = ("REMOTEJOB_NAME", "REMOTEJOB_STORE", "REMOTEJOB_QUEUES")
 
 TOOL = r'''
@@ -403,6 +406,7 @@ def _alive(pid: int) -> bool:
 # -- 5. --json output ---------------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded")  # ADMIN
 def test_json_outputs_parse(backend: BackendSetup, tmp_path: Path) -> None:
     env = _env(backend)
     name = env["REMOTEJOB_NAME"]
@@ -482,6 +486,7 @@ def test_unreachable_backend_exits_3(backend: BackendSetup, tmp_path: Path) -> N
 # -- 7. dead letters ----------------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded")  # ADMIN: see below
 def test_dead_list_and_redrive(backend: BackendSetup, tmp_path: Path) -> None:
     env = _env(backend)
     script = _write_tool(tmp_path)
@@ -512,6 +517,7 @@ def test_dead_list_and_redrive(backend: BackendSetup, tmp_path: Path) -> None:
 # -- 8. purge -----------------------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded")  # ADMIN
 def test_purge(backend: BackendSetup, tmp_path: Path) -> None:
     """Each queue is purged once: SQS allows one purge per queue per 60 s."""
     env = _env(backend)

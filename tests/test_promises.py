@@ -291,6 +291,7 @@ CRASHES: dict[str, Callable[[Faults, remotejob.Queue], None]] = {
 }
 
 
+@pytest.mark.backends("embedded", "aws-real-s3")  # a crash and a redelivery: see test_lifecycle_faults
 @pytest.mark.parametrize("crash", list(CRASHES))
 def test_one_notice_per_finished_job_when_a_worker_crashes(backend: BackendSetup, crash: str) -> None:
     """README: one notice per finished job on the ``completed`` queue; only a crash between
