@@ -85,9 +85,9 @@ class SqsEventHandler:
         self.concurrency = concurrency
         self.reserve = reserve
         self.options = options
-        self._statuses = {
+        self._statuses = {  # not `completed`: its messages are notices for requesters (wait())
             keys.queue_name(queue.name, status, level): status
-            for status in queue.statuses for level in (None, "high", "low")
+            for status in queue.statuses if status != "completed" for level in (None, "high", "low")
         }
         self._workers: dict[str, Worker] = {}
         self._lock = threading.Lock()
@@ -115,12 +115,12 @@ class SqsEventHandler:
             raise ConfigError("not an SQS event (no 'Records' list): remotejob.aws_lambda.handler serves "
                               "an SQS event source mapping on a status queue")
         by_status: dict[str, list[tuple[str, Message]]] = {}
-        first: dict[str, int] = {}  # a message id seen twice in one event runs once
+        seen: set[str] = set()  # a message id twice in one event runs once
         for index, record in enumerate(records):
             queue, message = self._message(index, record)
-            if message.message_id in first:
+            if message.message_id in seen:
                 continue
-            first[message.message_id] = index
+            seen.add(message.message_id)
             by_status.setdefault(self._status(queue), []).append((queue, message))
         failed: list[str] = []
         for status, received in by_status.items():
@@ -135,8 +135,8 @@ class SqsEventHandler:
         if status is None:
             names = ", ".join(sorted(self._statuses))
             raise ConfigError(f"records from queue {queue!r}, which is not a status queue of job system "
-                              f"{self.queue.name!r} ({names}): map the function to one of those, or give "
-                              "handler() the job system's name")
+                              f"{self.queue.name!r} that workers serve ({names}): map the function to one "
+                              "of those, or give handler() the job system's name")
         return status
 
     @staticmethod

@@ -276,6 +276,9 @@ def test_events_from_elsewhere_are_refused_with_a_clear_error(backend: Any) -> N
     record = sqs_record("someone-elses-queue", Message("{}", "m-1", "r-1", 1, time.time()))
     with pytest.raises(remotejob.ConfigError, match="someone-elses-queue.*not a status queue"):
         fn({"Records": [record]}, None)
+    notice = sqs_record(f"{q.name}-completed", Message("{}", "m-2", "r-2", 1, time.time()))
+    with pytest.raises(remotejob.ConfigError, match="completed.*not a status queue"):
+        fn({"Records": [notice]}, None)
     with pytest.raises(remotejob.ConfigError, match="not SQS"):
         fn({"Records": [{**record, "eventSource": "aws:kinesis"}]}, None)
     with pytest.raises(remotejob.ConfigError, match="reserve"):
