@@ -104,7 +104,9 @@ def test_scheduled_jobs_say_so_and_never_start_before_they_are_due(backend: Back
 def test_jobs_start_in_the_order_they_are_due(backend: BackendSetup) -> None:
     q = _connect(backend, max_delay_s=3)
     base = datetime.now(UTC) + timedelta(seconds=1)
-    due = {"d": 5.0, "a": None, "c": 3.5, "b": 2.0}  # d and c are parked at first, b waits in the queue
+    # d and c are parked at first, b waits in the queue; 2.5 s apart, so that a worker running
+    # late on a loaded machine (SQS delivers what is visible in no order) still takes them in turn
+    due = {"d": 7.0, "a": None, "c": 4.5, "b": 2.0}
     ids = {name: q.submit({"body": name.encode(), "key": unique(name)},
                           at=None if offset is None else base + timedelta(seconds=offset))
            for name, offset in due.items()}
