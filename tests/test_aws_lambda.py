@@ -365,3 +365,22 @@ def test_a_handler_abandoned_in_one_invocation_cannot_record_its_result_in_a_lat
     wait_until(lambda: "its result is discarded" in caplog.text)
     assert caplog.text.count("failed attempt 1") == 1  # its end was recorded once, when abandoned
     assert q.status(stuck_id).state == "pending"
+
+
+@pytest.mark.backends("embedded", "aws")
+def test_a_pipeline_stage_hands_on_and_the_next_stage_runs_from_its_own_mapping(backend: Any) -> None:
+    q = connect(backend)
+    job_id = q.submit({"body": b"raw"})
+
+    def first(job: remotejob.Job) -> None:
+        with job.open() as src:
+            cleaned = src.read() + b" cleaned"
+        job.complete(assets=[{"key": "output", "body": cleaned}], next_status="inprogress")
+
+    pending, inprogress = Poller(q), Poller(q, "inprogress")
+    assert pending.invoke(lambda_for(q, first), pending.receive(1)) == set()
+    assert q.status(job_id).status == "inprogress"
+    assert inprogress.invoke(lambda_for(q, upper), inprogress.receive(1)) == set()
+    assert q.status(job_id).state == "completed"
+    assert q.output(job_id, "out").read() == b"RAW CLEANED"
+    assert pending.present() == inprogress.present() == 0
