@@ -35,6 +35,8 @@ pytestmark = pytest.mark.backends("embedded", "aws-real-s3")
 # ADMIN: the admin commands (dead list / redrive, purge, --json) format what the API returns; the
 # API's suites prove those calls on every setting and the commands above the CLI's AWS path
 # (credentials, endpoints), so these run on the embedded default only.
+# PROCESS: what `worker --exec` does with its command (exit codes, timeouts, quoting) and with
+# signals does not depend on the backend: the embedded default only.
 CONNECTION_VARS = ("REMOTEJOB_NAME", "REMOTEJOB_STORE", "REMOTEJOB_QUEUES")
 
 TOOL = r'''
@@ -280,6 +282,7 @@ def test_submit_work_wait_fetch(backend: BackendSetup, tmp_path: Path) -> None:
 # -- 2. a failing command -----------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded")  # PROCESS
 def test_failing_command(backend: BackendSetup, tmp_path: Path) -> None:
     env = _env(backend)
     script = _write_tool(tmp_path)
@@ -338,10 +341,9 @@ def test_submit_wait_and_fetch(backend: BackendSetup, tmp_path: Path) -> None:
 # -- 3. metadata and file names are never run by a shell -----------------------------------------
 
 
+@pytest.mark.backends("embedded")  # PROCESS
 @pytest.mark.parametrize("shell", [False, True], ids=["argv", "shell"])
 def test_metacharacters_never_execute(backend: BackendSetup, tmp_path: Path, shell: bool) -> None:
-    if shell and backend.kind != "embedded":
-        pytest.skip("--shell once is enough: the quoting does not depend on the backend")
     target = tmp_path / "PWNED5"
     env = _env(backend, PWN_TARGET=str(target))
     script = _write_tool(tmp_path)
@@ -372,6 +374,7 @@ def test_metacharacters_never_execute(backend: BackendSetup, tmp_path: Path, she
 # -- 4. --timeout ---------------------------------------------------------------------------------
 
 
+@pytest.mark.backends("embedded")  # PROCESS
 def test_command_timeout(backend: BackendSetup, tmp_path: Path) -> None:
     env = _env(backend)
     script = _write_tool(tmp_path)
@@ -675,6 +678,7 @@ def _stopping(worker: Running, log: Path) -> None:
               "the worker to start its graceful stop")
 
 
+@pytest.mark.backends("embedded")  # PROCESS
 def test_sigterm_lets_the_running_job_finish_then_exits_0(backend: BackendSetup, tmp_path: Path) -> None:
     env, job_id, worker, log, _ = _gated_job(backend, tmp_path)
     try:
@@ -689,6 +693,7 @@ def test_sigterm_lets_the_running_job_finish_then_exits_0(backend: BackendSetup,
     assert doc["state"] == "completed" and "done.txt" in doc["outputs"], doc
 
 
+@pytest.mark.backends("embedded")  # PROCESS
 def test_a_second_signal_in_the_grace_period_exits_130(backend: BackendSetup, tmp_path: Path) -> None:
     env, job_id, worker, log, pid = _gated_job(backend, tmp_path)
     try:
