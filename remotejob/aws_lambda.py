@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from . import dead, keys
+from . import dead, keys, levels
 from .backends.base import Message, MessageQueue, ObjectStore
 from .clock import Clock
 from .errors import ConfigError
@@ -87,7 +87,7 @@ class SqsEventHandler:
         self.options = options
         self._statuses = {  # not `completed`: its messages are notices for requesters (wait())
             keys.queue_name(queue.name, status, level): status
-            for status in queue.statuses if status != "completed" for level in (None, "high", "low")
+            for status in queue.statuses if status != "completed" for level in levels.LEVELS
         }
         self._workers: dict[str, Worker] = {}
         self._lock = threading.Lock()
@@ -200,7 +200,7 @@ def handler(
     Raises:
         ConfigError: an invalid option.
     """
-    q = connect(name or os.environ.get("REMOTEJOB_NAME") or "jobs", store, queues, **connect_options)
+    q = _connect(name, store, queues, connect_options)
     return SqsEventHandler(job_handler, q, concurrency, reserve, dict(worker_options or {}))
 
 
@@ -227,7 +227,7 @@ def clock_handler(
     """
     if not every > 0:
         raise ConfigError(f"every must be > 0 seconds, got {every!r}")
-    q = connect(name or os.environ.get("REMOTEJOB_NAME") or "jobs", store, queues, **connect_options)
+    q = _connect(name, store, queues, connect_options)
     clock = Clock(q.context, every)
 
     def clock_check(event: Mapping[str, Any], context: Any = None) -> dict[str, int]:
@@ -235,3 +235,9 @@ def clock_handler(
         return {"dead_letters_settled": dead.sweep(q.context)}
 
     return clock_check
+
+
+def _connect(name: str | None, store: str | ObjectStore | None, queues: str | MessageQueue | None,
+             options: Mapping[str, Any]) -> Queue:
+    """Connect as the command line does: the name given, else ``$REMOTEJOB_NAME``, else ``jobs``."""
+    return connect(name or os.environ.get("REMOTEJOB_NAME") or "jobs", store, queues, **options)

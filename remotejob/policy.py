@@ -68,7 +68,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import keys
+from . import keys, scaling
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -397,9 +397,7 @@ def _scaler(where: Scope, namespace: str, ecs_service: str | None) -> list[dict[
                              {"StringEquals": {"cloudwatch:namespace": namespace}}))
     service = "*"
     if ecs_service:
-        cluster, _, name = ecs_service.rpartition("/")
-        if not cluster or not name:
-            raise ConfigError(f"{ecs_service!r} is not CLUSTER/SERVICE, e.g. jobs-cluster/thumbnail-workers")
+        cluster, name = scaling.ecs_service(ecs_service)
         service = f"{cluster.rpartition(':cluster/')[2]}/{name}"  # a cluster's ARN: its name
     statements.append(_allow("ReadServiceTasks", ["ecs:DescribeServices"],
                              [f"arn:{where.partition}:ecs:{where.region}:{where.account}:service/{service}"]))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import keys, levels
 from .backends.base import QueueDepth
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -111,6 +112,18 @@ def desired_workers(backlog: int, target: float, min_workers: int = 0, max_worke
     if max_workers is not None:
         wanted = min(wanted, max_workers)
     return max(wanted, min_workers)
+
+
+def ecs_service(value: str) -> tuple[str, str]:
+    """``CLUSTER/SERVICE`` (the cluster by name or ARN) as ``(cluster, service)``.
+
+    Raises:
+        ConfigError: not of that form.
+    """
+    cluster, _, service = value.rpartition("/")
+    if not cluster or not service:
+        raise ConfigError(f"{value!r} is not CLUSTER/SERVICE, e.g. jobs-cluster/thumbnail-workers")
+    return cluster, service
 
 
 def depths(queue: Queue) -> list[LevelDepth]:

@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from .. import scaling
-from ..errors import NotFound
+from ..errors import ConfigError, NotFound
 from .app import Context, emit_json, main, out, pass_context, table
 
 NAMESPACE = "remotejob"
@@ -90,11 +90,10 @@ def metric_data(name: str, entries: Sequence[scaling.Backlog], workers: int | No
 def _service(value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None
-    cluster, _, service = value.rpartition("/")
-    if not cluster or not service:
-        raise click.BadParameter(f"{value!r} is not CLUSTER/SERVICE, e.g. jobs-cluster/thumbnail-workers",
-                                 param_hint="--ecs-service")
-    return cluster, service
+    try:
+        return scaling.ecs_service(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ecs-service") from None
 
 
 @contextmanager
