@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
-from . import keys
+from . import keys, legacy
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes
 from .control import Cancellations
 from .envelope import PRIORITIES, Envelope, decode, wrap_dead
@@ -68,6 +68,7 @@ class Context:
         max_attempts: int = 5,
         signing: Keyring | None = None,
         journal: bool | float = True,
+        legacy_mode: bool = False,
     ) -> None:
         self.name = validate_queue_name(name)
         if isinstance(statuses, str) or not statuses:
@@ -97,6 +98,8 @@ class Context:
         self.store: ObjectStore = store if self.journal is None else JournalingStore(store, self.journal)
         self.queues = queues
         self.signing = signing
+        self.legacy_bucket = legacy.check(self.name, store, queues, signing) if legacy_mode else None
+        """In legacy mode (see ``legacy.py``), the 2014 package's bucket; else None."""
         self.rejected: Counter[str] = Counter()
         self.cancellations = Cancellations(store)
         """The jobs this process knows to be cancelled (read from the store's cancellation log)."""
@@ -137,8 +140,9 @@ class Context:
                 self._ensured = True
 
     def _attributes(self) -> QueueAttributes:
-        return QueueAttributes(visibility_s=self.visibility_timeout, wait_s=self.wait_time,
-                               dead_letter=self.dead_letters, max_receive_count=self.max_attempts)
+        attributes = QueueAttributes(visibility_s=self.visibility_timeout, wait_s=self.wait_time,
+                                     dead_letter=self.dead_letters, max_receive_count=self.max_attempts)
+        return attributes if self.legacy_bucket is None else legacy.queue_attributes(attributes)
 
     def status_queue(self, status: str, priority: str | None = None) -> str:
         """The queue of a configured status (created on first use), or of one of its priority
@@ -177,17 +181,39 @@ class Context:
         """A message as sent: signed when this job system has signing keys."""
         return text if self.signing is None else self.signing.sign(text)
 
-    def open(self, queue: str, message: Message, delete: bool = True) -> Envelope | None:
+    def open(self, queue: str, message: Message, delete: bool = True) -> tuple[Envelope, Message] | None:
         """Verify (with signing keys) and decode a received message; a message that fails goes
         to the dead-letter queue with the reason (and is deleted from ``queue`` unless not
-        ``delete``), is counted in ``rejected``, and gives None."""
+        ``delete``), is counted in ``rejected``, and gives None.
+
+        Returns the envelope and the message to run it from: the message itself, or, for a 2014
+        package's message in legacy mode, a copy whose body is its envelope (see ``legacy.py``).
+        """
         try:
             if self.signing is not None:
                 self.signing.verify(message.body)
-            return decode(message.body)
+            elif (doc := legacy.parse(message.body)) is not None:
+                if self.legacy_bucket is None:
+                    raise legacy.LegacyRefused(
+                        "legacy-message", "a message of the 2014 Node.js package: run its jobs with "
+                        "legacy mode (connect(..., legacy=True), remotejob worker --legacy), then redrive it")
+                message = legacy.translate(doc, message, self._status_of(queue), self.legacy_bucket)
+            envelope = decode(message.body)
+            if envelope.legacy and self.legacy_bucket is None:
+                raise legacy.LegacyRefused(
+                    "legacy-message", f"job {envelope.job!r} came from the 2014 Node.js package: run it with "
+                    "legacy mode (connect(..., legacy=True), remotejob worker --legacy), then redrive it")
+            return envelope, message
         except EnvelopeError as exc:
             self.reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc), delete)
             return None
+
+    def _status_of(self, queue: str) -> str:
+        """The status whose queue (or priority level's queue) ``queue`` is."""
+        for status in self.statuses:
+            if queue in (keys.queue_name(self.name, status, p) for p in PRIORITIES):
+                return status
+        raise legacy.LegacyRefused("legacy-bad-field", f"queue {queue!r} is not one of a status")
 
     def reject(self, queue: str, message: Message, reason: str, detail: str, delete: bool = True) -> None:
         """Count a refused message and move it to the dead-letter queue with the reason (with

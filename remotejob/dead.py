@@ -6,7 +6,9 @@ queue's redrive policy moves a message received ``max_attempts`` times without a
 that keeps killing its worker). The first two are wrapped with their reason (see
 ``envelope.wrap_dead``); the third is settled by whoever sees it first — an idle worker, a
 listing, a redrive — which records the job failed and wraps it the same way
-(``lifecycle.settle_dead_letter``).
+(``lifecycle.settle_dead_letter``). In legacy mode a 2014 package's message moved there by the
+redrive policy is read as its job's envelope first (:func:`_legacy_letter`), so that it is
+settled, and redriven, like ours.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from . import keys, lifecycle, records
+from . import keys, legacy, lifecycle, records
 from .backends.base import Message
 from .context import Context
 from .envelope import DeadLetter, decode, unwrap_dead, wrap_dead
@@ -47,7 +49,21 @@ def _drain(ctx: Context, limit: int | None, repeats: list[Message]) -> Iterator[
             return
         for message in fresh:
             seen.add(message.message_id)
-            yield message
+            yield _legacy_letter(ctx, message)
+
+
+def _legacy_letter(ctx: Context, message: Message) -> Message:
+    """In legacy mode, a 2014 package's message that its queue moved here by itself (every
+    attempt of its job stopped its worker) as its job's envelope: the job id is the message id,
+    which SQS keeps when it moves a message; the status is the one its last attempt recorded."""
+    if ctx.legacy_bucket is None or (doc := legacy.parse(message.body)) is None:
+        return message
+    status = (records.read_progress(ctx.store, message.message_id) or {}).get("status")
+    try:
+        return legacy.translate(doc, message, status if status in ctx.statuses else ctx.statuses[0],
+                                ctx.legacy_bucket)
+    except EnvelopeError:
+        return message  # listed as it is: no job of ours
 
 
 def _release(ctx: Context, messages: list[Message]) -> None:
@@ -95,7 +111,7 @@ def sweep(ctx: Context) -> int:
     """One look at up to ten dead letters (no wait), settling jobs the queue moved there by
     itself; return how many were settled. Idle workers call this now and then."""
     ctx.ensure_queues()
-    messages = ctx.queues.receive(ctx.dead_letters, 10, 0, HOLD_S)
+    messages = [_legacy_letter(ctx, m) for m in ctx.queues.receive(ctx.dead_letters, 10, 0, HOLD_S)]
     kept = [message for message in messages if _settle(ctx, message) is None]
     _release(ctx, kept)
     return len(messages) - len(kept)
@@ -116,6 +132,10 @@ def redrive(ctx: Context, limit: int | None = None, jobs: frozenset[str] | None 
         letter = unwrap_dead(message.body if settled is None else wrap_dead(message.body, *settled))
         if letter.job is not None and letter.job in moved:
             ctx.queues.delete(ctx.dead_letters, message.receipt)  # a second copy of one sent back
+            continue
+        if _send_back_legacy(ctx, letter):
+            ctx.queues.delete(ctx.dead_letters, message.receipt)
+            moved.add(message.message_id)
             continue
         if letter.job is None or letter.status not in ctx.statuses:
             kept.append(message)
@@ -147,6 +167,17 @@ def redrive(ctx: Context, limit: int | None = None, jobs: frozenset[str] | None 
         moved.add(letter.job)
     _release(ctx, kept)
     return len(moved)
+
+
+def _send_back_legacy(ctx: Context, letter: DeadLetter) -> bool:
+    """In legacy mode, send a 2014 package's message that a worker without legacy mode refused
+    back to its queue as it was; return whether it was one."""
+    if (ctx.legacy_bucket is None or letter.job is not None or letter.source is None
+            or not letter.reason.startswith("legacy-message:") or legacy.parse(letter.body) is None
+            or letter.source not in ctx.queue_names()):
+        return False
+    ctx.queues.send(letter.source, letter.body)
+    return True
 
 
 def _superseded(ctx: Context, job_id: str, body: str) -> bool:

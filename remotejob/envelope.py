@@ -13,7 +13,10 @@ attributes, so a signature covers it and SQS's ten-attribute limit never bites; 
 not start); one whose message may be sent more than once (dispatched from the store: a
 far-future job or a periodic job's tick, see ``timers.py``) carries ``"once": true``, so that its
 first delivery claims the run; a job of another priority than normal carries ``"priority"``
-(``"high"`` or ``"low"``), the level whose queue it is in. Decoding is bounded and validates
+(``"high"`` or ``"low"``), the level whose queue it is in. A job of the 2014 Node.js package
+taken in legacy mode (see ``legacy.py``) carries ``"legacy": true``: its ``"input"`` may be a key
+at the bucket's root (outside remotejob's own areas) and its outputs are also published where
+the 2014 package puts them. Decoding is bounded and validates
 every field; anything else raises :class:`EnvelopeError`.
 
 A message moved to the dead-letter queue by remotejob is wrapped with the reason
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EnvelopeError, InvalidKey, MetadataError
+from .keys import in_areas
 from .limits import MAX_MESSAGE_BYTES, validate_key, validate_metadata
 
 VERSION = 1
@@ -39,7 +43,7 @@ _STATES = ("completed", "failed", "cancelled")
 _FIELDS = frozenset({
     "v", "kind", "job", "key", "meta", "status", "sent", "state", "error", "input", "outputs", "body",
     "sha256", "after", "partial", "limit", "retry", "trace", "due", "once", "priority",
-    "at", "kid", "sig",  # the signature (see signing.py)
+    "legacy", "at", "kid", "sig",  # the signature (see signing.py)
 })
 PRIORITIES = ("high", "normal", "low")
 """The priority levels, highest first; ``normal`` is the status's own queue."""
@@ -89,6 +93,9 @@ class Envelope:
     """The message may exist more than once (see ``timers.py``): its first delivery claims the run."""
     priority: str | None = None
     """``"high"`` or ``"low"``: the priority level whose queue holds the message; None: normal."""
+    legacy: bool = False
+    """A job of the 2014 Node.js package (see ``legacy.py``): its input may be at the bucket's
+    root, and its outputs are published at the root too."""
 
     def inline_body(self) -> bytes | None:
         """The inline input's bytes, or None when the input is in the store."""
@@ -134,6 +141,8 @@ def encode(envelope: Envelope) -> str:
         doc["once"] = True
     if envelope.priority is not None:
         doc["priority"] = envelope.priority
+    if envelope.legacy:
+        doc["legacy"] = True
     return sqs_safe(json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
@@ -197,9 +206,13 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError(f"notice state {state!r} must be one of {_STATES}")
     if error is not None and not isinstance(error, str):
         raise EnvelopeError("field 'error' must be a string")
-    source, outputs = doc.get("input"), doc.get("outputs", {})
-    if source is not None and (not isinstance(source, str) or not source.startswith(("in/", "out/"))):
-        raise EnvelopeError("field 'input' must be a key under in/ or out/")
+    source, outputs, legacy = doc.get("input"), doc.get("outputs", {}), doc.get("legacy", False)
+    if not isinstance(legacy, bool):
+        raise EnvelopeError("field 'legacy' must be true or false")
+    if source is not None and (not isinstance(source, str) or not (
+            source.startswith(("in/", "out/")) or (legacy and not in_areas(source)))):
+        raise EnvelopeError("field 'input' must be a key under in/ or out/ (or, for a 2014 job, "
+                            "a key outside remotejob's own areas)")
     if not isinstance(outputs, dict) or not all(isinstance(v, dict) for v in outputs.values()):
         raise EnvelopeError("field 'outputs' must map asset names to objects")
     for output in outputs.values():
@@ -233,6 +246,8 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError("field 'once' must be true or false")
     if priority is not None and (priority not in PRIORITIES or priority == "normal"):
         raise EnvelopeError("field 'priority' must be 'high' or 'low' (normal is left out)")
+    if legacy and (in_areas(fields["job"]) or in_areas(fields["key"])):
+        raise EnvelopeError("a 2014 job's id and key may not lie in remotejob's own areas")
     inline = doc.get("body")
     if inline is not None:
         if not isinstance(inline, str) or source is not None:
@@ -272,6 +287,7 @@ def decode(body: str) -> Envelope:
         due=None if due is None else float(due),
         once=once,
         priority=priority,
+        legacy=legacy,
     )
 
 

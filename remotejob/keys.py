@@ -34,6 +34,11 @@ output ``b/c`` and job ``a/b``'s output ``c`` stay apart.
 
 and one queue per status, ``<name>-<status>``, plus the dead-letter queue ``<name>-dead``; a
 status's jobs of high or low priority wait in ``<name>-<status>-high`` and ``<name>-<status>-low``.
+
+In legacy mode (the 2014 Node.js package's layout, see ``legacy.py``) the store is the root of
+the bucket ``remotejobs-<name>``, a 2014 job's input is at any key outside the areas above
+(:data:`AREAS`), and each output is also published at the root as ``<job-id>-<asset>``
+(:func:`legacy_output_key`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ JOURNAL = "journal/"
 TIMERS = "timers/"
 SCHEDULES = "schedules/"
 DEDUP = "dedup/"
+AREAS = ("in/", "out/", "jobs/", "batches/", CANCELS, JOURNAL, TIMERS, SCHEDULES, DEDUP)
+"""The prefixes remotejob's own objects live under; a 2014 job's input may not name them."""
 
 
 def direction(name: str) -> str:
@@ -97,6 +104,17 @@ def output_prefix(job_id: str) -> str:
 def output_key(job_id: str, asset: str) -> str:
     """Where one output asset of a job lives: ``out/<job-segment>/<asset>``."""
     return validate_key(output_prefix(job_id) + validate_key(asset))
+
+
+def legacy_output_key(job_id: str, asset: str) -> str:
+    """Where the 2014 package puts (and its requesters look for) a job's output asset: the
+    bucket's root, ``<job-id>-<asset>``."""
+    return validate_key(f"{validate_key(job_id)}-{validate_key(asset)}")
+
+
+def in_areas(key: str) -> bool:
+    """The key lies in one of remotejob's own areas (:data:`AREAS`)."""
+    return key.startswith(AREAS)
 
 
 def record_key(job_id: str, record: str) -> str:

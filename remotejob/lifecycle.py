@@ -213,9 +213,10 @@ def take(ctx: Context, queue: str, message: Message) -> Delivery | None:
     hand over, begun and its progress recorded; a completion notice (checked against the job's
     record when messages are signed); or None for a message to skip (refused, finished, not
     yet due)."""
-    envelope = ctx.open(queue, message)
-    if envelope is None:
+    opened = ctx.open(queue, message)
+    if opened is None:
         return None
+    envelope, message = opened
     d = Delivery(ctx, envelope, message)
     if envelope.kind == "notice":
         return d if _notice_is_true(ctx, envelope, message) else None
@@ -333,6 +334,8 @@ def finish(
         record["retry"] = d.envelope.retry
     if d.envelope.meta:
         record["meta"] = d.envelope.meta
+    if d.envelope.legacy:  # a 2014 job: its outputs are published at the bucket's root too
+        record["legacy"] = True
     if d.known_input_size is not None:
         record["input_size"] = d.input_size
     if error is not None:  # so that retry() can send it again
@@ -458,7 +461,8 @@ def _discard(d: Delivery, outputs: Mapping[str, Any]) -> None:
 
 
 def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool, check: bool) -> dict[str, Any]:
-    """Write the record's own outputs to ``out/<id>/``, remove the stage's staging, and mark the
+    """Write the record's own outputs to ``out/<id>/`` (a 2014 job's also to the bucket's root,
+    ``<id>-<asset>``), remove the stage's staging, and mark the
     record published; return the record as it now stands. With ``check`` (finishing another
     attempt's record) outputs already published are left alone.
 
@@ -474,17 +478,21 @@ def _publish(d: Delivery, key: str, record: dict[str, Any], *, sweep: bool, chec
     for name, doc in dict(record.get("outputs") or {}).items():
         if doc.get("stage") not in (None, status):
             continue  # an earlier stage's output, published by that stage
-        target = keys.output_key(d.id, name)
-        if check and _exists(store, target):
-            continue
-        if "inline" in doc:
-            store.put(target, base64.b64decode(doc["inline"]), doc.get("meta") or {}, doc["content_type"])
-            continue
-        try:
-            store.copy(keys.staging_key(d.id, status, attempt, name), target)
-        except NotFound:
-            if not _exists(store, target):  # else another finisher published it meanwhile
-                lost.append(name)
+        targets = [keys.output_key(d.id, name)]
+        if record.get("legacy"):
+            targets.append(keys.legacy_output_key(d.id, name))
+        for target in targets:
+            if check and _exists(store, target):
+                continue
+            if "inline" in doc:
+                store.put(target, base64.b64decode(doc["inline"]), doc.get("meta") or {}, doc["content_type"])
+                continue
+            try:
+                store.copy(keys.staging_key(d.id, status, attempt, name), target)
+            except NotFound:
+                if not _exists(store, target):  # else another finisher published it meanwhile
+                    lost.append(name)
+                    break
     if sweep:  # a redelivery: what killed attempts of this stage left too
         _sweep(d, keys.staging_prefix(d.id, status))
     else:  # the winner's own (earlier stages' outputs carry no "staged")
@@ -570,6 +578,7 @@ def next_stage(
         meta=envelope.meta, input=None if source is None else str(source), outputs=outputs,
         body=envelope.body if source is None else None, after=str(record["status"]),
         limit=envelope.limit, retry=envelope.retry, trace=trace, priority=envelope.priority,
+        legacy=envelope.legacy,
     )
     if len(encode(handed).encode("utf-8")) <= MESSAGE_ROOM:
         return handed

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import batch, config, control, dead, dedup, keys, lifecycle, records, schedules, timers
+from . import batch, config, control, dead, dedup, keys, legacy, lifecycle, records, schedules, timers
 from .backends.base import MessageQueue, ObjectStore, StoredObject
 from .bodies import parse_entry
 from .context import DEFAULT_STATUSES, Context
@@ -49,10 +49,12 @@ class Queue:
         max_attempts: int = 5,
         signing: Keyring | None = None,
         journal: bool | float = True,
+        legacy: bool = False,
     ) -> None:
         self.context = Context(
             name, object_store, message_queue, statuses, visibility_timeout, wait_time, max_attempts,
             signing if signing is not None else Keyring.from_environment(), journal=journal,
+            legacy_mode=legacy,
         )
         """The job system's settings and connections, as the worker and the lifecycle use them."""
 
@@ -95,6 +97,12 @@ class Queue:
     def signing(self) -> Keyring | None:
         """The keys that sign and verify messages (``$REMOTEJOB_SIGNING_KEY``), or None."""
         return self.context.signing
+
+    @property
+    def legacy(self) -> bool:
+        """Legacy mode is on: this job system talks the 2014 Node.js package's wire format too
+        (see ``connect(legacy=)``)."""
+        return self.context.legacy_bucket is not None
 
     @property
     def rejected(self) -> Counter[str]:
@@ -149,10 +157,15 @@ class Queue:
         bytes, str (UTF-8), a path or a binary file object (streamed); ``key`` is generated
         when absent; ``filename`` sets the content type; other entries are string metadata.
 
+        In legacy mode, ``in`` is the bucket's root, where the 2014 package keeps inputs (a
+        generated key is then a UUID, as there).
+
         Raises:
             ValueError: unknown direction or no body. InvalidKey, MetadataError: rejected input
                 (nothing is written).
         """
+        if self.legacy and keys.direction(direction) == "in":
+            return legacy.store(self.context, data)
         return batch.store(self.context, keys.direction(direction), parse_entry(data))[0]
 
     def retrieve(self, direction: str, key: str, sha256: str | None = None) -> StoredObject:
@@ -165,7 +178,7 @@ class Queue:
             NotFound: no such key. ValueError: unknown direction. InvalidKey: a malformed key.
             IntegrityError: (while reading) the bytes do not match ``sha256``.
         """
-        full_key = keys.object_key(direction, key)
+        full_key = self._object_key(direction, key)
         return self.object_store.get(full_key).checked(sha256, f"object {full_key!r}")
 
     def output(self, job_id: str, asset: str, sha256: str | None = None) -> StoredObject:
@@ -174,14 +187,25 @@ class Queue:
 
         With ``sha256`` (``q.status(job_id).assets[asset].sha256``) the bytes are checked.
 
+        In legacy mode, an output not found there is read from where a 2014 worker puts it: the
+        bucket's root, ``<job-id>-<asset>``.
+
         Raises:
             NotFound: no such output. IntegrityError: (while reading) the bytes do not match.
         """
+        if self.legacy:
+            return legacy.output(self.context, job_id, asset, sha256)
         return self.retrieve("out", keys.output_key(job_id, asset).removeprefix("out/"), sha256)
 
     def remove(self, direction: str, key: str) -> None:
-        """Delete a stored object; removing a missing key is not an error."""
-        self.object_store.delete(keys.object_key(direction, key))
+        """Delete a stored object; removing a missing key is not an error. In legacy mode,
+        ``in`` is the bucket's root (as for :meth:`store`)."""
+        self.object_store.delete(self._object_key(direction, key))
+
+    def _object_key(self, direction: str, key: str) -> str:
+        if self.legacy and keys.direction(direction) == "in":
+            return legacy.input_key(key)
+        return keys.object_key(direction, key)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -192,11 +216,15 @@ class Queue:
         """Send the input stored under ``in/<key>`` to a status queue; return the job id.
 
         The job id is the key: stable across deliveries and stages. ``time_limit``, ``delay``,
-        ``at`` and ``priority`` are as for :meth:`submit`.
+        ``at`` and ``priority`` are as for :meth:`submit`. In legacy mode the input is at the
+        bucket's root and the job id is the message's id (see :meth:`submit`).
 
         Raises:
             UnknownStatus: the status is not configured. NotFound: nothing is stored at the key.
         """
+        if self.legacy:
+            _legacy_options(time_limit=time_limit, delay=delay, at=at, priority=priority)
+            return legacy.trigger(self.context, key, status)
         return self.trigger_many([key], status, time_limit=time_limit, delay=delay, at=at,
                                  priority=priority)[0]
 
@@ -232,11 +260,20 @@ class Queue:
         a new job (see the README's "Dedup keys"). The job's id is then generated (``data``
         may not have a ``key``).
 
+        In legacy mode (``connect(legacy=True)``) the job is one a worker of the 2014 Node.js
+        package can take: its input at the bucket's root (under ``key``, else a UUID), the
+        package's flat message; the job id is that message's id. ``time_limit``, ``delay``,
+        ``at``, ``priority`` and ``dedup_key`` are refused: a 2014 worker cannot honour them.
+
         Raises:
             Everything store() and trigger() raise; nothing is left stored if triggering fails.
             ValueError: ``time_limit`` is not a positive number; a negative delay, a naive
-                ``at``, both ``delay`` and ``at``, an unknown priority.
+                ``at``, both ``delay`` and ``at``, an unknown priority; any of them in legacy mode.
         """
+        if self.legacy:
+            _legacy_options(time_limit=time_limit, delay=delay, at=at, priority=priority,
+                            dedup_key=dedup_key)
+            return legacy.submit(self.context, data, status)
         if dedup_key is not None:
             due = timers.due_time(delay, at, time.time())
             return dedup.submit(self.context, data, status, dedup_key, time_limit=time_limit, due=due,
@@ -256,8 +293,12 @@ class Queue:
         batch of small jobs costs one S3 request in all. If sending fails, the jobs not yet sent are removed
         again (their generated inputs and records) and the error is raised; jobs sent before
         stay submitted (a warning says how many). ``time_limit``, ``delay``, ``at`` and
-        ``priority`` (as for :meth:`submit`) apply to every job.
+        ``priority`` (as for :meth:`submit`) apply to every job. In legacy mode each job is
+        :meth:`submit`-ted in turn (the 2014 format has no batches).
         """
+        if self.legacy:
+            _legacy_options(time_limit=time_limit, delay=delay, at=at, priority=priority)
+            return [legacy.submit(self.context, data, status) for data in items]
         due = timers.due_time(delay, at, time.time())
         return batch.submit_many(self.context, items, status, time_limit, due=due, priority=priority)
 
@@ -266,6 +307,9 @@ class Queue:
         delay: float | timedelta | None = None, at: datetime | None = None, priority: str | None = None,
     ) -> list[str]:
         """``trigger()`` for many stored inputs, sending in batches; returns the job ids."""
+        if self.legacy:
+            _legacy_options(time_limit=time_limit, delay=delay, at=at, priority=priority)
+            return [legacy.trigger(self.context, key, status) for key in job_keys]
         due = timers.due_time(delay, at, time.time())
         return batch.trigger_many(self.context, job_keys, status, time_limit, due=due, priority=priority)
 
@@ -467,6 +511,7 @@ def connect(
     sse: str | None = None,
     kms_key_id: str | None = None,
     journal: bool | float = True,
+    legacy: bool = False,
 ) -> Queue:
     """Connect to (and lazily create) the job system ``name``.
 
@@ -494,6 +539,10 @@ def connect(
             dashboard (``remotejob ui``) finds changed jobs without listing them all; a number
             is the least seconds between two entries instead of 1. False writes none (a
             dashboard then rescans the records).
+        legacy: talk the 2014 Node.js package's wire format too, so either side of a job
+            system can move first (see the README's "Migrating from the Node.js package"):
+            workers also take its flat messages, requesters write jobs its workers can take.
+            Needs the store at the root of the bucket ``remotejobs-<name>`` and no signing keys.
 
     Raises:
         ConfigError: an invalid name, location or option.
@@ -510,4 +559,13 @@ def connect(
         wait_time=wait_time,
         max_attempts=max_attempts,
         journal=journal,
+        legacy=legacy,
     )
+
+
+def _legacy_options(**options: object) -> None:
+    """Refuse what a worker of the 2014 package cannot honour."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot travel in the 2014 package's messages (legacy mode): "
+                         "submit without it, or connect without legacy=True once every worker is remotejob's")

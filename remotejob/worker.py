@@ -525,11 +525,12 @@ class Worker:
     def _dispatch(self, message: Message, pool: HandlerPool[Job] | LoopPool, queue: str) -> Job | bool:
         """Hand a received message to the pool; return its job, or True for a message that was
         not a job (moved to the dead-letter queue, or dropped)."""
-        envelope = self.ctx.open(queue, message, delete=self._outbox.delete)
-        if envelope is None:
+        opened = self.ctx.open(queue, message, delete=self._outbox.delete)
+        if opened is None:
             if self.metrics is not None:
                 self.metrics.outcome(self.status, "dead_lettered")  # refused: see Context.open
             return True
+        envelope, message = opened
         delivery = Delivery(self.ctx, envelope, message, self._outbox, default_limit=self.time_limit,
                             observer=self.metrics, source=queue)
         job = Job(delivery)

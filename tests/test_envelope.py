@@ -20,6 +20,8 @@ from tests.conftest import BackendSetup
 def test_round_trip() -> None:
     env = Envelope(job="j1", key="j1", status="pending", sent=1.5, meta={"name": "Ünï"})
     assert decode(encode(env)) == env
+    legacy = Envelope(job="9b2c-4e", key="cat.jpg", status="pending", sent=1.0, input="cat.jpg", legacy=True)
+    assert decode(encode(legacy)) == legacy  # a 2014 job's input at the bucket's root
     notice = Envelope(
         job="j1", key="j1", status="completed", sent=2.0, kind="notice", state="failed", error="boom"
     )
@@ -41,6 +43,13 @@ def test_round_trip() -> None:
         '{"v": 1, "kind": "notice", "job": "a", "key": "a", "status": "c", "sent": 1}',
         "[" * 100_000 + "]" * 100_000,
         pickle.dumps({"job": "a"}).decode("latin-1"),
+        '{"v": 1, "job": "a", "key": "a", "status": "pending", "sent": 1, "input": "cat.jpg"}',
+        '{"v": 1, "job": "a", "key": "a", "status": "pending", "sent": 1, "input": "jobs/b/final", '
+        '"legacy": true}',
+        '{"v": 1, "job": "jobs/b/final", "key": "a", "status": "pending", "sent": 1, "input": "a", '
+        '"legacy": true}',
+        '{"v": 1, "job": "a", "key": "out/b", "status": "pending", "sent": 1, "input": "a", "legacy": true}',
+        '{"v": 1, "job": "a", "key": "a", "status": "pending", "sent": 1, "legacy": 1}',
     ],
     ids=[
         "text",
@@ -55,6 +64,11 @@ def test_round_trip() -> None:
         "notice-state",
         "deep",
         "pickle",
+        "root-input-not-legacy",
+        "legacy-input-in-areas",
+        "legacy-job-in-areas",
+        "legacy-key-in-areas",
+        "legacy-type",
     ],
 )
 def test_rejects(body: str) -> None:

@@ -38,12 +38,14 @@ err = Console(stderr=True, highlight=False)
 class Context:
     """What every command shares: the connection options and --debug."""
 
-    def __init__(self, name: str, store: str | None, queues: str | None, debug: bool) -> None:
-        self.name, self.store, self.queues, self.debug = name, store, queues, debug
+    def __init__(
+        self, name: str, store: str | None, queues: str | None, debug: bool, legacy: bool = False
+    ) -> None:
+        self.name, self.store, self.queues, self.debug, self.legacy = name, store, queues, debug, legacy
 
     def connect(self, **options: Any) -> Queue:
         """The job system the options name."""
-        return connect(self.name, store=self.store, queues=self.queues, **options)
+        return connect(self.name, store=self.store, queues=self.queues, legacy=self.legacy, **options)
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -77,10 +79,15 @@ pass_context = click.make_pass_decorator(Context)
               help="s3://bucket/prefix or a folder (default: embedded). Env: REMOTEJOB_STORE.")
 @click.option("--queues", envvar="REMOTEJOB_QUEUES", default=None,
               help="sqs:// or a SQLite file (default: embedded). Env: REMOTEJOB_QUEUES.")
+@click.option("--legacy", is_flag=True, envvar="REMOTEJOB_LEGACY",
+              help="Talk the 2014 Node.js package's wire format too (see the README's migration "
+                   "section). Env: REMOTEJOB_LEGACY=1.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.version_option(package_name="remotejob")
 @click.pass_context
-def main(ctx: click.Context, name: str, store: str | None, queues: str | None, debug: bool) -> None:
+def main(
+    ctx: click.Context, name: str, store: str | None, queues: str | None, legacy: bool, debug: bool
+) -> None:
     """Run jobs on remote machines through S3 and SQS (or the embedded default).
 
     \b
@@ -98,7 +105,7 @@ def main(ctx: click.Context, name: str, store: str | None, queues: str | None, d
     )
     # --debug is remotejob's own debug log; botocore's would print request headers.
     logging.getLogger("remotejob").setLevel(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = Context(name, store or None, queues or None, debug)
+    ctx.obj = Context(name, store or None, queues or None, debug, legacy)
 
 
 def emit_json(doc: Any) -> None:

@@ -87,13 +87,15 @@ def parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Start no earlier than TIME, ISO 8601 with a zone: 2026-12-01T09:00Z.")
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None,
               help="Workers take higher priorities first, never starving lower ones [default: normal].")
+@click.option("--legacy", is_flag=True,
+              help="Submit jobs a 2014 Node.js package worker can take (as `remotejob --legacy submit`).")
 @click.option("--dedup-key", default=None, metavar="KEY",
               help="While a job submitted with KEY is scheduled, pending or running, print its id "
                    "instead of submitting another (one FILE only).")
 @pass_context
 def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], status: str, wait_: bool,
            timeout: float | None, fetch_dir: str | None, time_limit: float | None, delay: str | None,
-           at_: str | None, priority: str | None, dedup_key: str | None) -> None:
+           at_: str | None, priority: str | None, legacy: bool, dedup_key: str | None) -> None:
     """Submit one job per FILE ('-' reads stdin); print one job id per line.
 
     \b
@@ -106,6 +108,7 @@ def submit(ctx: Context, files: tuple[str, ...], meta_pairs: tuple[str, ...], st
       remotejob submit report.json --at 2026-12-01T09:00Z --dedup-key report-2026-12
     """
     meta = parse_meta(meta_pairs)
+    ctx.legacy = ctx.legacy or legacy
     for name in files:
         if name != "-" and not os.path.isfile(name):
             ctx.fail(f"{name}: no such file (check the path)", 2)

@@ -76,6 +76,8 @@ def _load_handler(target: str) -> Handler:
               show_default=True, metavar="S",
               help="Send parked far-future jobs and make periodic jobs' ticks this often (one LIST "
                    "of timers/ and one of schedules/ each time).")
+@click.option("--legacy", is_flag=True,
+              help="Also take the 2014 Node.js package's jobs (as `remotejob --legacy worker`).")
 @click.option("--no-schedules", is_flag=True,
               help="Neither send parked jobs nor make ticks (other workers do).")
 @pass_context
@@ -84,7 +86,7 @@ def worker(
     concurrency: int, prefetch: int | None, burst: bool, max_jobs: int | None, max_attempts: int,
     retry_delay: float, grace_period: float, dead_letter_check: float, time_limit: float | None,
     cancel_grace: float, cancel_check: float, metrics_port: int | None, metrics_host: str,
-    schedule_check: float, no_schedules: bool,
+    schedule_check: float, legacy: bool, no_schedules: bool,
 ) -> None:
     """Work jobs: run a command (--exec) or a Python handler (MODULE:FUNCTION) on each.
 
@@ -119,6 +121,7 @@ def worker(
     """
     if (target is None) == (command is None):
         raise click.UsageError("give either MODULE:FUNCTION or --exec CMD")
+    ctx.legacy = ctx.legacy or legacy
     if command is None and (shell or timeout is not None):
         raise click.UsageError("--shell and --timeout go with --exec")
     handler: Handler
