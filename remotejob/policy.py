@@ -104,6 +104,8 @@ class Scope:
     account: str = "*"
     sse: str | None = None
     kms_key_id: str | None = None
+    legacy: bool = False
+    """Legacy mode (the 2014 package's inputs and outputs at the bucket's root) is on."""
 
     @property
     def partition(self) -> str:
@@ -177,7 +179,8 @@ def scope(
     for backend in (store, queues):
         if isinstance(backend, (S3Store, SqsQueues)) and backend.sse is not None:
             sse, kms = backend.sse, backend.kms_key_id
-    return Scope(queue.name, tuple(queue.statuses), bucket, prefix, on_sqs, region, account, sse, kms)
+    return Scope(queue.name, tuple(queue.statuses), bucket, prefix, on_sqs, region, account, sse, kms,
+                 queue.legacy)
 
 
 def policy(role: str, where: Scope, *, namespace: str = "remotejob", ecs_service: str | None = None
@@ -243,11 +246,33 @@ def _submitter_s3(where: Scope) -> list[dict[str, Any]]:
         _allow("ReopenRetriedJobs", ["s3:DeleteObject"],
                where.objects("jobs/*/final", "jobs/*/progress", "jobs/*/start-*")),
         _allow("AppendJournal", ["s3:PutObject"], where.objects("journal/*")),
+        *_legacy_submitter(where),
+    ]
+
+
+def _legacy_submitter(where: Scope) -> list[dict[str, Any]]:
+    """Legacy mode: inputs at the bucket's root (stored, read back by trigger(), removed when
+    unsent), and a Node worker's outputs there (``<id>-<asset>``). IAM cannot leave remotejob's
+    own areas out of ``bucket/*``; remotejob refuses keys in them itself."""
+    if not where.legacy:
+        return []
+    return [
+        _allow("LegacyInputsAndOutputs", ["s3:PutObject", "s3:GetObject", "s3:DeleteObject",
+                                          "s3:AbortMultipartUpload"], where.objects("*")),
     ]
 
 
 def _worker_s3(where: Scope) -> list[dict[str, Any]]:
-    return [
+    legacy = [
+        # a 2014 job's input is anywhere at the root; its outputs go there too, <id>-<asset>,
+        # where the id is an SQS message id, a UUID: five hyphens at least, one more than the
+        # UUID keys the 2014 package stores inputs under (IAM's "?" would be tighter still, but
+        # moto, which the tests enforce policies with, cannot match it)
+        _allow("LegacyReadInputs", ["s3:GetObject"], where.objects("*")),
+        _allow("LegacyPublishOutputs", ["s3:PutObject", "s3:AbortMultipartUpload"],
+               where.objects("*-*-*-*-*-*")),
+    ] if where.legacy else []
+    return [*legacy,
         # Records (progress, final, handoff, queued for the next stage), staged assets, and
         # published outputs (put, or copied server-side from staging: GetObject + PutObject).
         _allow("RecordOutcomes", ["s3:PutObject", "s3:AbortMultipartUpload"],

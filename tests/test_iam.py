@@ -119,26 +119,28 @@ class JobSystem:
     moto: EnforcingMoto
     name: str
     bucket: str
+    legacy: bool = False
+    """In legacy mode: the store is the bucket's root (the 2014 package's layout)."""
 
     @property
     def store_url(self) -> str:
-        return f"s3://{self.bucket}/p"
+        return f"s3://{self.bucket}" if self.legacy else f"s3://{self.bucket}/p"
 
     def connect(self, who: Identity) -> remotejob.Queue:
         endpoint, session = self.moto.server.endpoint, who.session()
         return remotejob.connect(
             self.name,
-            store=S3Store(self.bucket, "p", endpoint_url=endpoint, region=servers.REGION, session=session,
-                          sse="AES256"),
+            store=S3Store(self.bucket, "" if self.legacy else "p", endpoint_url=endpoint,
+                          region=servers.REGION, session=session, sse="AES256"),
             queues=SqsQueues(endpoint_url=endpoint, region=servers.REGION, session=session),
-            visibility_timeout=3, wait_time=1, max_attempts=2,
+            visibility_timeout=3, wait_time=1, max_attempts=2, legacy=self.legacy,
         )
 
     def printed(self, role: str) -> dict[str, Any]:
         """What `remotejob iam-policy --role ROLE --json` prints for this job system."""
         result = CliRunner().invoke(
             main, ["--name", self.name, "--store", self.store_url, "--queues", "sqs://",
-                   "iam-policy", "--role", role, "--json"],
+                   *(["--legacy"] if self.legacy else []), "iam-policy", "--role", role, "--json"],
             env={"REMOTEJOB_SSE": "AES256"},
         )
         assert result.exit_code == 0, result.output
@@ -247,6 +249,32 @@ def test_worker_policy_runs_jobs_and_nothing_more(system: JobSystem, tmp_path: P
     # and all of it is still there: the admin's purge is what the worker's was not allowed
     assert admin.status(ids[0]).state == "completed"
     admin.message_queue.purge(pending)
+
+
+def test_legacy_policies_run_2014_jobs_both_ways(moto_iam: EnforcingMoto) -> None:
+    name = unique("iam")
+    system = JobSystem(moto_iam, name, f"remotejobs-{name}", legacy=True)
+    system.connect(moto_iam.root).init()
+    submitter, worker = system.user("submitter"), system.user("worker")
+    sub = system.connect(submitter)
+    job_id = sub.submit({"body": b"cat", "filename": "cat.txt"})  # at the root, the flat message
+    inputs: list[str] = []
+
+    def handler(job: remotejob.Job) -> list[dict[str, Any]]:
+        inputs.append(job.key)
+        return [{"key": "output", "filename": "o.txt", "body": job.open().read()[::-1]}]
+
+    wq = system.connect(worker)
+    taken = remotejob.Worker(wq, handler, burst=True, handle_signals=False).run()
+
+    assert taken == 1 and sub.status(job_id).state == "completed"
+    [key] = inputs
+    assert sub.output(job_id, "output").read() == b"tac"
+    root = system.connect(moto_iam.root).object_store
+    assert root.get(f"{job_id}-output").read() == b"tac"  # where a Node requester looks
+    secrets = (worker.secret, submitter.secret, moto_iam.root.secret)
+    _refused(lambda: wq.object_store.put(key, b"a worker writes no inputs"), *secrets)
+    _refused(lambda: wq.object_store.delete(key), *secrets)
 
 
 def test_policies_cover_delays_schedules_and_dedup_keys(system: JobSystem) -> None:
