@@ -26,17 +26,26 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import keys
+from . import keys, records
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
 from .bodies import open_body, parse_entry
 from .config import default_bucket
 from .envelope import Envelope, encode
-from .errors import ConfigError, EnvelopeError, InvalidKey, MetadataError, NotFound
+from .errors import (
+    ConfigError,
+    EnvelopeError,
+    InvalidKey,
+    MetadataError,
+    NotFound,
+    RemoteJobError,
+    UncertainResult,
+)
 from .limits import MAX_MESSAGE_BYTES, validate_key, validate_metadata
 
 if TYPE_CHECKING:
@@ -175,21 +184,38 @@ def trigger(ctx: Context, key: str, status: str) -> str:
         NotFound: nothing is stored at the key. UnknownStatus: the status is not configured.
     """
     info = ctx.store.head(input_key(key))
-    return ctx.queues.send(ctx.status_queue(status), flat_message(info.metadata, _bucket(ctx), key))
+    sent = ctx.queues.send(ctx.status_queue(status), flat_message(info.metadata, _bucket(ctx), key))
+    _queued(ctx, sent, status, info.metadata)
+    return sent
 
 
 def submit(ctx: Context, data: Mapping[str, Any], status: str) -> str:
     """The 2014 ``submit(data)``: :func:`store`, then the flat message; return the message id,
-    the job's id. The input is removed again if the message was surely not sent."""
+    the job's id, recorded ``pending``. A generated input is removed again if the message
+    surely was not sent."""
     queue = ctx.status_queue(status)
     entry = parse_entry(data)
     key = store(ctx, data)
     try:
-        return ctx.queues.send(queue, flat_message(entry.metadata, _bucket(ctx), key))
+        sent = ctx.queues.send(queue, flat_message(entry.metadata, _bucket(ctx), key))
+    except UncertainResult:
+        raise  # it may have been sent: its input stays
     except Exception:
         if entry.key is None:  # ours alone: nobody else can have triggered it
             ctx.store.delete(key)
         raise
+    _queued(ctx, sent, status, entry.metadata)
+    return sent
+
+
+def _queued(ctx: Context, job_id: str, status: str, metadata: Mapping[str, str]) -> None:
+    """Record the sent job ``pending`` (for ``status()`` and ``wait()``; a Node requester writes
+    nothing). The job is sent whatever happens here, so a failure is only logged."""
+    now = time.time()
+    try:
+        records.write_queued(ctx.store, job_id, status, now, now, meta=metadata)
+    except RemoteJobError as exc:
+        logger.warning("job %s was sent, but its pending record could not be written: %s", job_id, exc)
 
 
 def output(ctx: Context, job_id: str, asset: str, sha256: str | None) -> StoredObject:

@@ -23,6 +23,7 @@ import boto3
 import pytest
 
 import remotejob
+from remotejob import keys
 from remotejob.backends.aws import S3Store, SqsQueues
 from tests.conftest import BackendSetup, unique, wait_until
 from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
@@ -100,6 +101,20 @@ def root_keys(backend: BackendSetup, name: str, prefix: str) -> list[str]:
 def pending_depth(q: remotejob.Queue) -> tuple[int, int]:
     depth = q.message_queue.depth(q.queue_name("pending"))
     return depth.waiting, depth.in_flight
+
+
+def faulty_legacy(backend: BackendSetup) -> tuple[remotejob.Queue, Faults]:
+    """A legacy connection whose store and queues inject the faults it returns."""
+    name = unique("lj")
+    inner_store = S3Store(f"remotejobs-{name}", "", endpoint_url=backend.s3_endpoint)
+    inner_queues = SqsQueues(endpoint_url=backend.sqs_endpoint)
+    faults = Faults()
+    store, queues = FaultyStore(inner_store, faults), FaultyQueues(inner_queues, faults)
+    store.bucket, store.prefix = inner_store.bucket, inner_store.prefix  # type: ignore[attr-defined]
+    queues.queue_url = inner_queues.queue_url  # type: ignore[attr-defined]  # what legacy mode checks
+    q = remotejob.connect(name, store=store, queues=queues, legacy=True, visibility_timeout=1, wait_time=1)
+    q.init()
+    return q, faults
 
 
 def upper_png(job: remotejob.Job) -> list[dict[str, Any]]:
@@ -327,6 +342,36 @@ def test_a_legacy_submit_sends_the_2014_message(backend: BackendSetup) -> None:
     assert root_keys(backend, q.name, "in/") == []
 
 
+def test_a_legacy_requester_waits_for_a_legacy_workers_result(backend: BackendSetup) -> None:
+    q = legacy(backend)
+    job_id = q.submit({"body": b"meow", "filename": "cat.txt"})
+    assert q.status(job_id).state == "pending"  # recorded, though a Node requester records nothing
+
+    assert q.work(upper_png, burst=True, handle_signals=False) == 1
+
+    done = q.wait(job_id, timeout=5)
+    assert done.state == "completed" and done.outputs == ["output"]
+    assert q.output(job_id, "output").read() == b"MEOW"
+
+
+@pytest.mark.backends("aws")  # the store's side of it is the same on both settings
+def test_a_legacy_submit_removes_its_input_only_when_the_message_surely_was_not_sent(
+    backend: BackendSetup,
+) -> None:
+    q, faults = faulty_legacy(backend)
+    faults.fail("queue.send", RuntimeError("SQS refused"), match=f"{q.name}-pending")
+    with pytest.raises(RuntimeError, match="SQS refused"):
+        q.submit({"body": b"unsent", "name": "u"})
+    assert [k for k in root_keys(backend, q.name, "") if not k.startswith(keys.AREAS)] == []
+
+    faults.lose_reply("queue.send", match=f"{q.name}-pending")
+    with pytest.raises(remotejob.UncertainResult):
+        q.submit({"body": b"maybe sent", "name": "m"})
+    [message] = receive_raw(backend, q.name, 1)  # it was sent: its input must still be there
+    doc = json.loads(message["Body"])
+    assert raw(backend, "s3").get_object(Bucket=doc["bucket"], Key=doc["key"])["Body"].read() == b"maybe sent"
+
+
 def test_store_and_trigger_send_the_stored_objects_metadata(backend: BackendSetup) -> None:
     q = legacy(backend)
     bucket, key = f"remotejobs-{q.name}", f"photos/{unique('cat')}.txt"
@@ -457,15 +502,8 @@ def test_a_2014_job_that_kills_its_worker_every_time_is_recorded_failed_and_retr
 def test_a_crash_between_the_two_copies_of_an_output_is_finished_by_the_redelivery(
     backend: BackendSetup,
 ) -> None:
-    name = unique("lj")
-    inner_store = S3Store(f"remotejobs-{name}", "", endpoint_url=backend.s3_endpoint)
-    inner_queues = SqsQueues(endpoint_url=backend.sqs_endpoint)
-    faults = Faults()
-    store, queues = FaultyStore(inner_store, faults), FaultyQueues(inner_queues, faults)
-    store.bucket, store.prefix = inner_store.bucket, inner_store.prefix  # type: ignore[attr-defined]
-    queues.queue_url = inner_queues.queue_url  # type: ignore[attr-defined]
-    q = remotejob.connect(name, store=store, queues=queues, legacy=True, visibility_timeout=1, wait_time=1)
-    q.init()
+    q, faults = faulty_legacy(backend)
+    name = q.name
     message_id, _ = requester_2014(backend, name, b"once", {"name": "o"})
     runs: list[int] = []
 
