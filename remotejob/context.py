@@ -194,15 +194,11 @@ class Context:
                 self.signing.verify(message.body)
             elif (doc := legacy.parse(message.body)) is not None:
                 if self.legacy_bucket is None:
-                    raise legacy.LegacyRefused(
-                        "legacy-message", "a message of the 2014 Node.js package: run its jobs with "
-                        "legacy mode (connect(..., legacy=True), remotejob worker --legacy), then redrive it")
+                    raise legacy.not_enabled("this message")
                 message = legacy.translate(doc, message, self._status_of(queue), self.legacy_bucket)
             envelope = decode(message.body)
             if envelope.legacy and self.legacy_bucket is None:
-                raise legacy.LegacyRefused(
-                    "legacy-message", f"job {envelope.job!r} came from the 2014 Node.js package: run it with "
-                    "legacy mode (connect(..., legacy=True), remotejob worker --legacy), then redrive it")
+                raise legacy.not_enabled(f"job {envelope.job!r}")
             return envelope, message
         except EnvelopeError as exc:
             self.reject(queue, message, getattr(exc, "reason", "undecodable"), str(exc), delete)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import keys, records
 from .backends.base import Message, MessageQueue, ObjectStore, QueueAttributes, StoredObject
-from .bodies import open_body, parse_entry
+from .bodies import Entry, open_body, parse_entry
 from .config import default_bucket
 from .envelope import Envelope, encode
 from .errors import (
@@ -70,6 +70,12 @@ class LegacyRefused(EnvelopeError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def not_enabled(what: str) -> LegacyRefused:
+    """The refusal of ``what`` (a 2014 message, or a job that came from one) without legacy mode."""
+    return LegacyRefused("legacy-message", f"{what} came from the 2014 Node.js package: run it with legacy "
+                         "mode (connect(..., legacy=True), remotejob worker --legacy), then redrive it")
 
 
 def check(name: str, store: ObjectStore, queues: MessageQueue, signing: Keyring | None) -> str:
@@ -169,7 +175,10 @@ def input_key(key: str) -> str:
 def store(ctx: Context, data: Mapping[str, Any]) -> str:
     """The 2014 ``store(data)``: the body at the bucket's root under ``data["key"]`` (else a
     fresh UUID), every other field but ``body`` as metadata; return the key."""
-    entry = parse_entry(data)
+    return _store(ctx, parse_entry(data))
+
+
+def _store(ctx: Context, entry: Entry) -> str:
     key = input_key(entry.key if entry.key is not None else str(uuid.uuid4()))
     with open_body(entry.body) as prepared:
         ctx.store.put(key, prepared.body, entry.metadata, entry.content_type)
@@ -195,7 +204,7 @@ def submit(ctx: Context, data: Mapping[str, Any], status: str) -> str:
     surely was not sent."""
     queue = ctx.status_queue(status)
     entry = parse_entry(data)
-    key = store(ctx, data)
+    key = _store(ctx, entry)
     try:
         sent = ctx.queues.send(queue, flat_message(entry.metadata, _bucket(ctx), key))
     except UncertainResult:
