@@ -32,7 +32,7 @@ BACKENDS = ("embedded", "aws", "aws-real-s3")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False,
-                     help="also run the tests marked slow (the long chaos setting; CI does not)")
+                     help="also run the tests marked slow (the chaos soak setting; CI does not)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
