@@ -121,3 +121,31 @@ def test_a_prefetched_job_is_kept_invisible_but_not_recorded_inprogress(backend:
             finish.set()  # before the worker's graceful stop, which waits for the handler
         wait_until(lambda: all(q.status(job_id).state == "completed" for job_id in ids),
                    what="both jobs to complete")
+
+
+
+@pytest.mark.backends("embedded")  # the heartbeat's own grouping of entries; CI time
+def test_a_round_of_many_held_jobs_extends_each_once_ten_to_a_request(backend: BackendSetup) -> None:
+    q, faults = connect_faulty(backend, visibility_timeout=3, wait_time=1)
+    q.submit_many([{"body": b"x"} for _ in range(25)])
+    jobs = [q.next(timeout=10) for _ in range(25)]
+    assert all(job is not None for job in jobs)
+    heartbeat = Heartbeat(q.context, 30)  # the next round is 10 s away: this test sees one
+    for job in jobs:
+        assert job is not None
+        heartbeat.hold(job)
+        heartbeat._due[job] = 0.0  # all due in the same round, as after a slow one
+    go = threading.Event()
+    faults.delay("queue.change_visibility_batch", until=go, times=3)
+    heartbeat.start()
+    try:
+        # The round's three requests are in flight at once, not one after another (a thousand
+        # held jobs are a hundred requests: in a row they could outlast a short timeout).
+        wait_until(lambda: len(_extensions(faults)) == 3, what="three requests in flight at once")
+    finally:
+        go.set()
+        heartbeat.stop()  # joins the thread, which waits for its round's requests
+    requests = _extensions(faults)
+    assert sorted(map(len, requests)) == [5, 10, 10]
+    assert sorted(receipt for entries in requests for receipt, _ in entries) == sorted(
+        job.receipt for job in jobs if job is not None)
