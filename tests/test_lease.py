@@ -149,3 +149,12 @@ def test_a_round_of_fifteen_held_jobs_is_two_requests_in_flight_at_once(backend:
     assert sorted(map(len, requests)) == [5, 10]
     assert sorted(receipt for entries in requests for receipt, _ in entries) == sorted(
         job.receipt for job in jobs if job is not None)
+
+
+@pytest.mark.backends("embedded")  # the worker's own threads
+def test_a_worker_that_returned_leaves_no_heartbeat_thread_behind(backend: BackendSetup) -> None:
+    q = backend.connect(visibility_timeout=3, wait_time=1)
+    q.submit({"body": b"a"})
+    before = set(threading.enumerate())
+    assert q.work(lambda job: None, burst=True, handle_signals=False) == 1
+    assert [t.name for t in set(threading.enumerate()) - before if t.name == "remotejob-heartbeat"] == []
