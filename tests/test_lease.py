@@ -17,8 +17,9 @@ from tests.conftest import BackendSetup, running, wait_until
 from tests.faults import Faults, connect_faulty
 
 # The heartbeat is the worker's own bookkeeping over change_visibility_batch, whose per-entry
-# outcomes (gone, capped, failed) every backend reports the same way (tests/test_queue_contract.py).
-pytestmark = pytest.mark.backends("embedded", "aws")
+# outcomes (gone, capped, failed) every backend reports the same way (tests/test_queue_contract.py,
+# and the heartbeat tests of test_lifecycle_defects.py on moto): the embedded backend, for CI time.
+pytestmark = pytest.mark.backends("embedded")
 
 
 def _extensions(faults: Faults) -> list[list[tuple[str, int]]]:
@@ -124,7 +125,6 @@ def test_a_prefetched_job_is_kept_invisible_but_not_recorded_inprogress(backend:
 
 
 
-@pytest.mark.backends("embedded")  # the heartbeat's own grouping of entries; CI time
 def test_a_round_of_fifteen_held_jobs_is_two_requests_in_flight_at_once(backend: BackendSetup) -> None:
     q, faults = connect_faulty(backend, visibility_timeout=3, wait_time=1)
     q.submit_many([{"body": b"x"} for _ in range(15)])
@@ -151,7 +151,6 @@ def test_a_round_of_fifteen_held_jobs_is_two_requests_in_flight_at_once(backend:
         job.receipt for job in jobs if job is not None)
 
 
-@pytest.mark.backends("embedded")  # the worker's own threads
 def test_a_worker_that_returned_leaves_no_heartbeat_thread_behind(backend: BackendSetup) -> None:
     q = backend.connect(visibility_timeout=3, wait_time=1)
     q.submit({"body": b"a"})
