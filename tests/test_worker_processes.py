@@ -497,8 +497,8 @@ def _chaos(system: System, setting: Chaos) -> None:
 
 @pytest.mark.backends("embedded")  # CI time: the long setting on SeaweedFS + moto takes ~45 s alone
 def test_chaos_long_setting(system: System) -> None:
-    # Run by CI: 100 jobs and 24 kills, about 25 s on 2 busy cores. Slower machines stop
-    # killing early once every job ran.
+    # Run by CI: 100 jobs and 24 kills, about 25 s on 2 busy cores (the kills stop early if
+    # every job has already run to its end).
     _chaos(system, Chaos(jobs=100, workers=4, concurrency=2, kills=24))
 
 
