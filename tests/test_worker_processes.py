@@ -495,16 +495,12 @@ def _chaos(system: System, setting: Chaos) -> None:
     assert codes == [0] * setting.workers
 
 
-@pytest.mark.backends("embedded")  # CI time: the long setting on SeaweedFS + moto takes ~45 s alone
-def test_chaos_long_setting(system: System) -> None:
+@pytest.mark.backends("embedded")  # CI time: on SeaweedFS + moto it takes ~45 s alone; the kills
+# and stalls there are test_sigkill_mid_job_... and test_a_stalled_attempt_..., the soak runs it all
+def test_chaos_random_kills_lose_and_duplicate_nothing(system: System) -> None:
     # Run by CI: 100 jobs and 24 kills, about 25 s on 2 busy cores (the kills stop early if
     # every job has already run to its end).
     _chaos(system, Chaos(jobs=100, workers=4, concurrency=2, kills=24))
-
-
-@pytest.mark.backends("aws-real-s3")  # ONCE: see above; the embedded backend runs the long setting
-def test_chaos_random_kills_lose_and_duplicate_nothing(system: System) -> None:
-    _chaos(system, Chaos(jobs=12, workers=3, concurrency=2, kills=6))
 
 
 @pytest.mark.slow
