@@ -21,6 +21,7 @@ import remotejob
 import remotejob.aws_lambda
 from remotejob.backends.base import Message
 from remotejob.envelope import decode
+from remotejob.errors import BackendUnavailable
 from tests.conftest import wait_until
 from tests.faults import connect_faulty
 
@@ -216,6 +217,28 @@ def test_a_message_that_is_not_a_job_goes_to_the_dead_letters(backend: Any) -> N
     assert [letter.body for letter in q.dead_letters()] == ["not a job"]
 
 
+@pytest.mark.backends("embedded", "aws")
+def test_a_refused_message_that_could_not_reach_the_dead_letters_is_named_for_retry(backend: Any) -> None:
+    """A message that is not a job is deleted (by Lambda) only once its copy is in the
+    dead-letter queue: while that send fails, the record is named for retry and stays."""
+    q, faults = connect_faulty(backend, visibility_timeout=30, max_attempts=3)
+    q.init()
+    fn = remotejob.aws_lambda.handler(upper, q.name, store=q.object_store, queues=q.message_queue)
+    poller = Poller(q)
+    q.message_queue.send(poller.queue, "not a job")
+    job_id = q.submit({"body": b"a job"})
+    messages = poller.receive(2)
+    faults.fail("queue.send", BackendUnavailable("SQS is unreachable"), match=f"{q.name}-dead")
+    assert poller.invoke(fn, messages) == {m.message_id for m in messages if m.body == "not a job"}
+    assert q.status(job_id).state == "completed"
+    assert q.dead_letters() == [] and poller.present() == 1
+
+    (back,) = [m for m in messages if m.body == "not a job"]
+    q.message_queue.change_visibility(poller.queue, back.receipt, 0)  # as its visibility runs out
+    assert poller.invoke(fn, poller.receive(1)) == set()
+    assert [letter.body for letter in q.dead_letters()] == ["not a job"]
+
+
 @pytest.mark.backends("embedded", "aws")  # the time left is the handler's own arithmetic
 def test_records_not_started_in_time_go_back_at_once(backend: Any) -> None:
     q = connect(backend)
@@ -357,6 +380,7 @@ def test_a_handler_abandoned_in_one_invocation_cannot_record_its_result_in_a_lat
     fn, poller = lambda_for(q, handler, reserve=1.0, worker_options=options), Poller(q)
     first = poller.receive(1)
     assert poller.invoke(fn, first, LambdaContext(remaining_s=2.5)) == {first[0].message_id}
+    assert not returned.is_set(), "the invocation waited for the handler it had abandoned"
     other = q.submit({"body": b"next"})
     assert poller.invoke(fn, poller.receive(1)) == set()  # the next invocation, same worker
     assert q.status(other).state == "completed"

@@ -8,10 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import remotejob
@@ -86,6 +89,41 @@ def test_counters_match_the_jobs_the_worker_ran(backend: BackendSetup) -> None:
         assert ages == {}
 
 
+def test_a_job_cancelled_while_it_runs_counts_as_cancelled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = remotejob.connect(unique("m"), home=tmp_path)
+    job_id = q.submit({"body": b"long"})
+    started = threading.Event()
+
+    def handler(job: remotejob.Job) -> None:
+        started.set()
+        give_up = time.monotonic() + 30
+        while not job.cancelled and time.monotonic() < give_up:
+            time.sleep(0.05)  # a handler's own work loop, checking job.cancelled
+
+    worker = remotejob.Worker(q, handler, max_jobs=1, cancel_check=0.2, handle_signals=False,
+                              metrics_port=0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        thread.start()
+        assert started.wait(30)
+        q.cancel(job_id)
+        thread.join(30)
+        assert not thread.is_alive()
+        assert worker.metrics is not None and worker.metrics.port
+        samples = scrape(worker.metrics.port)
+    finally:
+        if worker.metrics is not None:
+            worker.metrics.close()
+
+    assert q.status(job_id).state == "cancelled"
+    assert {name: value(samples, f"remotejob_jobs_{name}_total", queue="pending") for name in OUTCOMES} == {
+        "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 1, "dead_lettered": 0,
+    }
+    assert "could not record" not in caplog.text
+
+
 def test_each_worker_counts_its_own_jobs(tmp_path: Path) -> None:
     first, second = (remotejob.connect(unique("m"), home=tmp_path) for _ in range(2))
     first.submit_many([{"body": b"a"}] * 3)
@@ -95,8 +133,9 @@ def test_each_worker_counts_its_own_jobs(tmp_path: Path) -> None:
     try:
         for worker in workers:
             worker.run()
-        counts = [value(scrape(w.metrics.port), "remotejob_jobs_succeeded_total", queue="pending")
-                  for w in workers if w.metrics is not None]
+        ports = [w.metrics.port for w in workers if w.metrics is not None]
+        counts = [value(scrape(port), "remotejob_jobs_succeeded_total", queue="pending")
+                  for port in ports if port is not None]
     finally:
         for worker in workers:
             if worker.metrics is not None:

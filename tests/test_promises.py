@@ -252,6 +252,22 @@ def test_a_stop_gives_back_what_a_receive_under_way_brings(backend: BackendSetup
     assert all(m.receive_count == 2 for m in back), "the worker did receive them, then gave them back"
 
 
+@pytest.mark.backends("embedded")  # the worker's own arithmetic
+def test_each_backoff_is_half_to_all_of_the_doubled_delay_and_both_ends_occur(backend: BackendSetup) -> None:
+    """README: retry n waits half to all of ``retry_delay * 2**(n-1)`` seconds, at most
+    ``max_retry_delay``, rounded up to whole seconds. Many draws per attempt: each within its
+    range, and the range's ends both drawn, so a halved or doubled delay cannot pass."""
+    q = backend.connect()
+    worker = remotejob.Worker(q, lambda job: None, retry_delay=10, max_retry_delay=100,
+                              handle_signals=False)
+    for attempt in (1, 2, 3, 4, 5, 40):
+        full = min(10 * 2 ** (attempt - 1), 100)
+        drawn = {worker._backoff(attempt) for _ in range(2000)}
+        assert drawn <= set(range(full // 2, full + 1)), (attempt, sorted(drawn))
+        # each end is drawn with a chance of at least 1 in 50: missing one is a 1 in 10^17 event
+        assert min(drawn) == full // 2 + 1 and max(drawn) == full, (attempt, sorted(drawn))
+
+
 # -- heartbeats: a prefetched job is held like a running one ------------------------------------
 
 

@@ -295,7 +295,11 @@ def test_pipeline_hands_the_output_on_keeping_the_job_id(backend: BackendSetup) 
     assert q.retrieve("out", f"{job_id}/resized").read() == b"picture-resized"
 
 
-def test_stop_releases_unfinished_jobs_at_once(backend: BackendSetup) -> None:
+@pytest.mark.parametrize("how", ["grace-runs-out", "second-stop"])
+def test_stop_releases_unfinished_jobs_at_once(backend: BackendSetup, how: str) -> None:
+    """README: running handlers get the grace period, then their jobs are made visible again at
+    once; a second signal (``stop(now=True)``) cuts the grace period short. Here a ten-minute
+    one: only the second stop lets the worker return."""
     q = connect(backend, visibility_timeout=60)
     job_id = q.submit({"body": b"long"})
     started, release = threading.Event(), threading.Event()
@@ -304,13 +308,17 @@ def test_stop_releases_unfinished_jobs_at_once(backend: BackendSetup) -> None:
         started.set()
         release.wait(30)
 
-    worker = remotejob.Worker(q, long, grace_period=0.2, handle_signals=False)
+    grace = 0.2 if how == "grace-runs-out" else 600
+    worker = remotejob.Worker(q, long, grace_period=grace, handle_signals=False)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     assert started.wait(20)
     worker.stop()
+    if how == "second-stop":
+        worker.stop(now=True)
     thread.join(20)
 
+    assert not thread.is_alive() and worker.interrupted  # the handler still runs
     depth = q.message_queue.depth(keys.queue_name(q.name, "pending"))
     assert (depth.waiting, depth.in_flight) == (1, 0)  # visible again without waiting 60 s
     release.set()  # the released handler may still finish; the claim keeps one outcome
