@@ -227,45 +227,71 @@ def test_a_stop_gives_back_prefetched_jobs_at_once(backend: BackendSetup) -> Non
     assert q.status(ran[0]).state == "completed"
 
 
-def test_a_stop_gives_back_what_a_receive_under_way_brings(backend: BackendSetup) -> None:
+@pytest.mark.backends("embedded", "aws")  # CI time; the batches are the worker's own
+def test_twelve_unfinished_jobs_go_back_at_once_ten_to_a_request(backend: BackendSetup) -> None:
+    """README: after the grace period every unfinished job is made visible again at once; the
+    worker gives back ten to a request (SQS's most), each job once."""
+    faults = Faults()
+    q = _faulty(backend, faults, visibility_timeout=300, wait_time=1)
+    ids = q.submit_many([{"body": f"job {n}".encode()} for n in range(12)])
+    started: list[str] = []
+    finish = threading.Event()
+
+    def handler(job: remotejob.Job) -> None:
+        started.append(job.id)
+        finish.wait(60)
+
+    worker = remotejob.Worker(q, handler, concurrency=12, prefetch=0, grace_period=0.2,
+                              handle_signals=False)
+    thread, raised = _start(worker.run)
+    try:
+        assert _wait_until(lambda: len(started) == 12)
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive() and not raised
+        back = _receivable(q, "pending", expected=12)
+    finally:
+        finish.set()
+
+    assert sorted(_job_ids(back)) == sorted(ids)
+    given_back = [args[1] for op, args, _ in faults.calls
+                  if op == "queue.change_visibility_batch" and all(seconds == 0 for _, seconds in args[1])]
+    assert sorted(len(entries) for entries in given_back) == [2, 10]
+
+
+@pytest.mark.parametrize("how", ["stop", "grace-runs-out", "second-stop"])
+def test_a_stop_gives_back_what_a_receive_under_way_brings(backend: BackendSetup, how: str) -> None:
     """README: a receive in progress at the stop may still return; what it brings is released at
-    once. The worker's receive is held while jobs arrive and the worker is stopped."""
+    once. The worker's receive is held while jobs arrive and the worker is stopped. A stop waits
+    for it at most until the grace period ends, a second stop not at all: then the worker returns
+    first, and what the receive brings later is released all the same."""
     faults = Faults()
     q = _faulty(backend, faults, visibility_timeout=300, wait_time=1)
     q.init()
     entered, go_on = threading.Event(), threading.Event()
     faults.delay("queue.receive", until=go_on, entered=entered, match=_queue(q, "pending"))
     ran: list[str] = []
+    grace = {"stop": 30.0, "grace-runs-out": 0.5, "second-stop": 600.0}[how]
     worker = remotejob.Worker(q, lambda job: ran.append(job.id), concurrency=1, prefetch=2,
-                              handle_signals=False)
+                              grace_period=grace, handle_signals=False)
     thread, raised = _start(worker.run)
     assert entered.wait(60)
     ids = q.submit_many([{"body": f"job {n}".encode()} for n in range(3)])
     worker.stop()
+    if how == "second-stop":
+        worker.stop(now=True)
+    if how != "stop":
+        thread.join(30)
+        assert not thread.is_alive(), "the worker waited for the receive under way"
     go_on.set()  # the receive under way now returns the three jobs
     thread.join(60)
+    assert _wait_until(lambda: not worker._receiving)  # the receiving thread gave them back and ended
 
     assert not thread.is_alive() and not raised and ran == []
     assert faults.fired("queue.receive") == 1
     back = _receivable(q, "pending", expected=3)
     assert sorted(_job_ids(back)) == sorted(ids)
     assert all(m.receive_count == 2 for m in back), "the worker did receive them, then gave them back"
-
-
-@pytest.mark.backends("embedded")  # the worker's own arithmetic
-def test_each_backoff_is_half_to_all_of_the_doubled_delay_and_both_ends_occur(backend: BackendSetup) -> None:
-    """README: retry n waits half to all of ``retry_delay * 2**(n-1)`` seconds, at most
-    ``max_retry_delay``, rounded up to whole seconds. Many draws per attempt: each within its
-    range, and the range's ends both drawn, so a halved or doubled delay cannot pass."""
-    q = backend.connect()
-    worker = remotejob.Worker(q, lambda job: None, retry_delay=10, max_retry_delay=100,
-                              handle_signals=False)
-    for attempt in (1, 2, 3, 4, 5, 40):
-        full = min(10 * 2 ** (attempt - 1), 100)
-        drawn = {worker._backoff(attempt) for _ in range(2000)}
-        assert drawn <= set(range(full // 2, full + 1)), (attempt, sorted(drawn))
-        # each end is drawn with a chance of at least 1 in 50: missing one is a 1 in 10^17 event
-        assert min(drawn) == full // 2 + 1 and max(drawn) == full, (attempt, sorted(drawn))
 
 
 # -- heartbeats: a prefetched job is held like a running one ------------------------------------
