@@ -16,7 +16,7 @@ import remotejob
 from remotejob import keys
 from remotejob.errors import AlreadyExists, ConfigError, JobFailed
 from tests.conftest import BackendSetup, running, unique, wait_until
-from tests.faults import Crash, Faults, FaultyQueues, FaultyStore
+from tests.faults import Crash, Faults, FaultyQueues, FaultyStore, connect_faulty
 
 
 def connect(backend: BackendSetup, **options: Any) -> remotejob.Queue:
@@ -350,8 +350,6 @@ def test_bad_worker_options_are_config_errors(backend: BackendSetup) -> None:
 def test_an_idle_embedded_worker_stops_without_waiting_out_its_long_poll(backend: BackendSetup) -> None:
     if backend.kind != "embedded":
         pytest.skip("an SQS long poll cannot be cut short: a stopping worker waits it out")
-    from tests.faults import connect_faulty
-
     q, faults = connect_faulty(backend, wait_time=20)
     q.init()
     worker = remotejob.Worker(q, lambda job: None, handle_signals=False)
@@ -361,3 +359,28 @@ def test_an_idle_embedded_worker_stops_without_waiting_out_its_long_poll(backend
     worker.stop()
     thread.join(10)  # half the poll: the stop cut it short
     assert not thread.is_alive()
+
+
+@pytest.mark.backends("embedded")  # the worker's own arithmetic, the same over any queue
+@pytest.mark.parametrize("check", [0.0, 3600.0])
+def test_an_idle_worker_looks_into_the_dead_letters_at_most_every_dead_letter_check(
+    backend: BackendSetup, check: float
+) -> None:
+    """README: an idle worker looks into the dead-letter queue at most every
+    ``dead_letter_check`` seconds (one receive there): with 0, after each empty poll; with an
+    hour, not in a short run, however many polls come back empty."""
+    q, faults = connect_faulty(backend, wait_time=1)
+    q.init()
+    worker = remotejob.Worker(q, upper, dead_letter_check=check, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    pending, dead = keys.queue_name(q.name, "pending"), f"{q.name}-dead"
+    wait_until(lambda: faults.count("queue.receive", match=pending) >= 4, what="four empty polls")
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    polls, looks = faults.count("queue.receive", match=pending), faults.count("queue.receive", match=dead)
+    if check:
+        assert looks == 0, f"{looks} looks into the dead letters in {polls} polls"
+    else:
+        assert polls - 1 <= looks <= polls, f"{looks} looks into the dead letters in {polls} polls"
