@@ -5,9 +5,11 @@ effectively-once completion and stopping. Process-level crashes are in test_work
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -384,3 +386,24 @@ def test_an_idle_worker_looks_into_the_dead_letters_at_most_every_dead_letter_ch
         assert looks == 0, f"{looks} looks into the dead letters in {polls} polls"
     else:
         assert polls - 1 <= looks <= polls, f"{looks} looks into the dead letters in {polls} polls"
+
+
+@pytest.mark.backends("embedded")  # the worker's own bookkeeping, the same over any queue
+def test_a_worker_keeps_no_finished_job(backend: BackendSetup) -> None:
+    """A long-running worker's memory does not grow with the jobs it ran: once finished (and a
+    retried one once given back), no job object, with its body, stays referenced."""
+    q = connect(backend, max_attempts=2)
+    q.submit_many([{"body": f"job {n}".encode()} for n in range(12)])
+    failing = q.submit({"body": b"fail"})
+    seen: list[weakref.ref[remotejob.Job]] = []
+
+    def handler(job: remotejob.Job) -> list[dict[str, Any]]:
+        seen.append(weakref.ref(job))
+        if job.id == failing and job.receive_count == 1:
+            raise RuntimeError("retried once")
+        return upper(job)
+
+    worker = remotejob.Worker(q, handler, concurrency=4, burst=True, retry_delay=0, handle_signals=False)
+    assert worker.run() == 14
+    gc.collect()
+    assert len(seen) == 14 and [ref for ref in seen if ref() is not None] == []
