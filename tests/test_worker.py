@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import signal
 import threading
 import time
 import weakref
@@ -407,3 +408,38 @@ def test_a_worker_keeps_no_finished_job(backend: BackendSetup) -> None:
     assert worker.run() == 14
     gc.collect()
     assert len(seen) == 14 and [ref for ref in seen if ref() is not None] == []
+
+
+@pytest.mark.backends("embedded")  # an SQS long poll cannot be cut short: a stopping worker waits it out
+def test_a_sigterm_stops_an_idle_embedded_worker_at_once(backend: BackendSetup) -> None:
+    """README: SIGTERM stops a worker gracefully, and the embedded backend cuts its long poll
+    short. ``run()`` on the main thread installs the handler; the signal comes from another
+    thread once the worker is polling, and ``run()`` must return within half the poll (else the
+    test stops the worker itself, so a failure never hangs)."""
+    q, faults = connect_faulty(backend, wait_time=20)
+    q.init()
+    worker = remotejob.Worker(q, lambda job: None)
+    previous = signal.getsignal(signal.SIGTERM)
+    returned = threading.Event()
+    what: list[str] = []
+
+    def terminate() -> None:
+        deadline = time.monotonic() + 30
+        while faults.count("queue.receive") < 1 and time.monotonic() < deadline:
+            returned.wait(0.05)
+        if signal.getsignal(signal.SIGTERM) == worker._on_signal:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+            what.append("signalled")
+        if not returned.wait(10):  # half the poll
+            what.append("still running")
+            worker.stop()
+
+    helper = threading.Thread(target=terminate, daemon=True)
+    helper.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        returned.set()
+        helper.join(30)
+    assert what == ["signalled"]
+    assert signal.getsignal(signal.SIGTERM) == previous, "run() left its signal handler installed"
