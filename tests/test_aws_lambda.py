@@ -218,6 +218,22 @@ def test_a_message_that_is_not_a_job_goes_to_the_dead_letters(backend: Any) -> N
 
 
 @pytest.mark.backends("embedded", "aws")
+def test_a_completion_notice_in_a_status_queue_is_left_to_lambda_to_delete(backend: Any) -> None:
+    """A notice is not a job: a record carrying one (sent to the wrong queue) is reported done,
+    so Lambda deletes it, instead of coming back until the queue dead-letters it."""
+    q = connect(backend)
+    job_id = q.submit({"body": b"a job"})
+    fn, poller = lambda_for(q), Poller(q)
+    assert poller.invoke(fn, poller.receive(1)) == set()
+    [notice] = q.message_queue.receive(f"{q.name}-completed", 1, 1, 30)
+    assert job_of(notice) == job_id
+    q.message_queue.send(poller.queue, notice.body)  # a notice where a job belongs
+    assert poller.invoke(fn, poller.receive(1)) == set()
+    assert poller.present() == 0 and q.dead_letters() == []
+    assert q.status(job_id).state == "completed"
+
+
+@pytest.mark.backends("embedded", "aws")
 def test_a_refused_message_that_could_not_reach_the_dead_letters_is_named_for_retry(backend: Any) -> None:
     """A message that is not a job is deleted (by Lambda) only once its copy is in the
     dead-letter queue: while that send fails, the record is named for retry and stays."""

@@ -53,6 +53,7 @@ def test_counters_match_the_jobs_the_worker_ran(backend: BackendSetup) -> None:
     failing = q.submit({"body": b"boom"})  # fails both attempts: retried once, then dead-lettered
     cancelled = q.submit({"body": b"never runs"})
     q.cancel(cancelled)
+    q.message_queue.send(f"{q.name}-pending", "not a job")  # refused: dead-lettered, never taken
 
     worker = remotejob.Worker(q, upper, burst=True, handle_signals=False, retry_delay=0, metrics_port=0)
     try:
@@ -68,7 +69,7 @@ def test_counters_match_the_jobs_the_worker_ran(backend: BackendSetup) -> None:
     taken = len(done) + 2 + 1  # two attempts of the failing job; the cancelled one is taken, then dropped
     assert value(samples, "remotejob_jobs_taken_total", queue="pending") == taken
     assert {name: value(samples, f"remotejob_jobs_{name}_total", queue="pending") for name in OUTCOMES} == {
-        "succeeded": 4, "failed": 1, "retried": 1, "cancelled": 1, "dead_lettered": 1,
+        "succeeded": 4, "failed": 1, "retried": 1, "cancelled": 1, "dead_lettered": 2,
     }
     handled = len(done) + 2  # every handler run, failed ones too; the cancelled job never ran
     assert value(samples, "remotejob_handler_duration_seconds_count", queue="pending") == handled
@@ -80,7 +81,7 @@ def test_counters_match_the_jobs_the_worker_ran(backend: BackendSetup) -> None:
     assert kinds == {(queue, kind) for queue in ("pending", "inprogress", "completed", "dead")
                      for kind in ("waiting", "in_flight", "delayed")}
     assert value(samples, "remotejob_queue_messages", queue="pending", kind="waiting") == 0
-    assert value(samples, "remotejob_queue_messages", queue="dead", kind="waiting") == 1
+    assert value(samples, "remotejob_queue_messages", queue="dead", kind="waiting") == 2
     ages = {dict(labels)["queue"]: age for (name, labels), age in samples.items()
             if name == "remotejob_queue_oldest_message_age_seconds"}
     if backend.kind == "embedded":  # exact from SQLite; SQS reports it only to CloudWatch
