@@ -467,6 +467,9 @@ class Worker:
                         self._dispatch(message, pool, queue)
                     except RemoteJobError as exc:  # it stays in the queue and comes back
                         logger.error("could not hand a message from %s on: %s", queue, exc)
+                    except Exception:  # noqa: BLE001 - a bug with one message must not end the receiving
+                        logger.exception("could not hand a message from %s on; it comes back after its "
+                                         "visibility timeout", queue)
         finally:
             with self._cond:
                 self._receiving = False

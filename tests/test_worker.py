@@ -443,3 +443,20 @@ def test_a_sigterm_stops_an_idle_embedded_worker_at_once(backend: BackendSetup) 
         helper.join(30)
     assert what == ["signalled"]
     assert signal.getsignal(signal.SIGTERM) == previous, "run() left its signal handler installed"
+
+
+@pytest.mark.backends("embedded")  # the worker's own loop, the same over any queue
+def test_an_unexpected_error_handing_one_message_on_does_not_stop_the_worker(backend: BackendSetup) -> None:
+    """A worker outlives any one message's trouble: an error nobody expected while handing a
+    message on (here the dead-letter queue's send raising a plain RuntimeError for a refused
+    message) is logged, the message comes back, and the jobs received with it still run."""
+    q, faults = connect_faulty(backend, visibility_timeout=1, wait_time=1)
+    q.init()
+    q.message_queue.send(keys.queue_name(q.name, "pending"), "not a job")
+    ids = q.submit_many([{"body": f"job {n}".encode()} for n in range(3)])
+    faults.fail("queue.send", RuntimeError("a bug"), match=f"{q.name}-dead")
+
+    assert remotejob.Worker(q, upper, burst=True, handle_signals=False).run() == 3
+
+    assert [q.status(job_id).state for job_id in ids] == ["completed"] * 3
+    assert [letter.body for letter in q.dead_letters()] == ["not a job"]  # refused again, then moved
