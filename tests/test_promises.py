@@ -265,6 +265,8 @@ def test_a_stop_gives_back_what_a_receive_under_way_brings(backend: BackendSetup
     once. The worker's receive is held while jobs arrive and the worker is stopped. A stop waits
     for it at most until the grace period ends, a second stop not at all: then the worker returns
     first, and what the receive brings later is released all the same."""
+    if how != "stop" and backend.kind != "embedded":
+        pytest.skip("how long the worker waits is its own arithmetic, the same over any queue; CI time")
     faults = Faults()
     q = _faulty(backend, faults, visibility_timeout=300, wait_time=1)
     q.init()

@@ -303,6 +303,8 @@ def test_stop_releases_unfinished_jobs_at_once(backend: BackendSetup, how: str) 
     """README: running handlers get the grace period, then their jobs are made visible again at
     once; a second signal (``stop(now=True)``) cuts the grace period short. Here a ten-minute
     one: only the second stop lets the worker return."""
+    if how == "second-stop" and backend.kind != "embedded":
+        pytest.skip("the worker's own waiting, the same over any queue; CI time")
     q = connect(backend, visibility_timeout=60)
     job_id = q.submit({"body": b"long"})
     started, release = threading.Event(), threading.Event()
